@@ -1,0 +1,395 @@
+// Paged-KV decode attention with asynchronous L2 prefetch and a single-launch split-KV merge.
+//
+// One thread block = (split, kv head, request). Its 4 warps stream the split's KV in 64-token tiles through a
+// STAGES-deep cp.async ring in shared memory; PF tiles further ahead are requested into L2 with bulk prefetches,
+// so with short splits every byte a block needs is in flight from its first microsecond. Page ids are resolved
+// one iteration before they are needed (held in a register, then written to a small ring of row offsets).
+// The q heads of one kv head (the GQA group, 1..16) are the 16 rows of m16n8k16 tensor-core products.
+// When a request is split, each split writes a partial (o, lse) and the last split to finish merges them.
+#pragma once
+#include <math_constants.h>
+
+#include "ptx.cuh"
+
+namespace kvp {
+
+struct DecodeParams {
+  const void* q;
+  int64_t q_stride_b, q_stride_h;  // elements
+  const void* k;
+  const void* v;
+  int64_t kv_stride_page, kv_stride_tok, kv_stride_head;  // elements
+  const int32_t* indptr;
+  const int32_t* indices;
+  const int32_t* last_len;
+  void* o;
+  int64_t o_stride_b, o_stride_h;
+  float* lse;  // [B, Hq], natural log; may be null
+  float* part_o;
+  float* part_lse;
+  int32_t* counters;
+  int32_t num_kv_heads, group, num_splits, page_shift;
+  float score_pre;   // no cap: sm_scale*k_scale*log2(e); cap: sm_scale*k_scale/cap
+  float score_post;  // cap: cap*log2(e)
+  int32_t has_cap;
+  float v_scale;
+};
+
+template <typename TQ, typename TKV, int D, int STAGES, int PF>
+struct DecodeCfg {
+  static constexpr int kThreads = 128, kWarps = 4, kTile = 64, kRows = 16;
+  static constexpr bool kFp8 = sizeof(TKV) == 1;
+  static constexpr int kRowBytesKV = D * int(sizeof(TKV));
+  static constexpr int kChunksKV = kRowBytesKV / 16;  // 16-byte chunks per KV row as stored
+  static constexpr int kRowBytesOp = D * 2;           // a row in the mma operand layout (bf16/fp16)
+  static constexpr int kStageBytes = kTile * kRowBytesKV;
+  static constexpr int kConvBytes = kFp8 ? kTile * kRowBytesOp : 0;
+  static constexpr int kLookahead = STAGES - 1 + PF;
+  static constexpr int kSlots = kLookahead + 2;
+  static constexpr int kOffQ = 0;
+  static constexpr int kOffK = kOffQ + kRows * kRowBytesOp;
+  static constexpr int kOffV = kOffK + STAGES * kStageBytes;
+  static constexpr int kOffKc = kOffV + STAGES * kStageBytes;
+  static constexpr int kOffVc = kOffKc + kConvBytes;
+  static constexpr int kOffRows = kOffVc + kConvBytes;
+  static constexpr int kOffRed = kOffRows + kSlots * kTile * 8;
+  static constexpr int kOffFlag = kOffRed + 2 * kWarps * kRows * 4;
+  static constexpr int kSmemBytes = kOffFlag + 16;
+  static constexpr int kOBytes = kWarps * kRows * D * 4;  // cross-warp reduction buffer, aliases the stages
+  static_assert(STAGES >= 2, "need at least two stages");
+  static_assert(D == 64 || D == 128 || D == 256, "head_dim must be 64, 128 or 256");
+  static_assert(kOBytes <= 2 * STAGES * kStageBytes + 2 * kConvBytes, "reduction buffer does not fit");
+};
+
+// Byte offset of 16-byte chunk `c` of row `r` in a swizzled operand tile (rows of D*2 bytes): conflict-free
+// for ldmatrix, which reads 8 consecutive rows at the same logical chunk.
+template <int D>
+__device__ __forceinline__ int swz(int r, int c) {
+  return r * (D * 2) + ((c ^ (r & 7)) << 4);
+}
+
+template <typename TQ, typename TKV, int D, int STAGES, int PF>
+__global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p) {
+  using C = DecodeCfg<TQ, TKV, D, STAGES, PF>;
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int split = blockIdx.x, head = blockIdx.y, b = blockIdx.z;
+  const int group = p.group;
+  const int qo_head0 = head * group;
+
+  const int page_beg = p.indptr[b];
+  const int num_pages = p.indptr[b + 1] - page_beg;
+  const int len = num_pages > 0 ? (num_pages - 1) * (1 << p.page_shift) + p.last_len[b] : 0;
+  TQ* out = static_cast<TQ*>(p.o);
+  if (len <= 0) {  // empty request: zeros and lse = -inf, written once
+    if (split == 0) {
+      for (int i = tid; i < group * D; i += C::kThreads)
+        out[b * p.o_stride_b + (qo_head0 + i / D) * p.o_stride_h + i % D] = from_float<TQ>(0.f);
+      if (p.lse != nullptr && tid < group) p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + tid] = -CUDART_INF_F;
+    }
+    return;
+  }
+  int chunk = (len + p.num_splits - 1) / p.num_splits;
+  chunk = (chunk + 15) & ~15;
+  const int n_act = (len + chunk - 1) / chunk;
+  if (split >= n_act) return;
+  const int tok_beg = split * chunk;
+  const int tok_end = min(len, tok_beg + chunk);
+  const int ntiles = (tok_end - tok_beg + C::kTile - 1) / C::kTile;
+
+  const TKV* kbase = static_cast<const TKV*>(p.k);
+  const TKV* vbase = static_cast<const TKV*>(p.v);
+  const int64_t head_off = (int64_t)head * p.kv_stride_head;
+  int64_t* rows = reinterpret_cast<int64_t*>(smem + C::kOffRows);
+  const int page_mask = (1 << p.page_shift) - 1;
+
+  // Row offset (elements) of token `tok` of this kv head, or -1 past the split's end.
+  auto row_offset = [&](int tok, int pid) -> int64_t {
+    return tok < tok_end ? (int64_t)pid * p.kv_stride_page + (int64_t)(tok & page_mask) * p.kv_stride_tok + head_off
+                         : int64_t(-1);
+  };
+  auto load_pid = [&](int tile) -> int {
+    const int tok = tok_beg + tile * C::kTile + tid;
+    return (tile < ntiles && tok < tok_end) ? p.indices[page_beg + (tok >> p.page_shift)] : 0;
+  };
+  auto store_rows = [&](int tile, int pid) {
+    if (tile < ntiles) rows[(tile % C::kSlots) * C::kTile + tid] = row_offset(tok_beg + tile * C::kTile + tid, pid);
+  };
+  auto prefetch_tile = [&](int tile) {
+    if (PF > 0 && tile < ntiles && tid < C::kTile) {
+      const int64_t off = rows[(tile % C::kSlots) * C::kTile + tid];
+      if (off >= 0) {
+        prefetch_l2_bulk(kbase + off, C::kRowBytesKV);
+        prefetch_l2_bulk(vbase + off, C::kRowBytesKV);
+      }
+    }
+  };
+  auto load_tile = [&](int tile) {
+    if (tile >= ntiles) return;
+    const int stage = tile % STAGES;
+    const int64_t* r_off = rows + (tile % C::kSlots) * C::kTile;
+    uint8_t* ks = smem + C::kOffK + stage * C::kStageBytes;
+    uint8_t* vs = smem + C::kOffV + stage * C::kStageBytes;
+#pragma unroll
+    for (int it = 0; it < C::kTile * C::kChunksKV / C::kThreads; ++it) {
+      const int i = tid + it * C::kThreads;
+      const int r = i / C::kChunksKV, c = i % C::kChunksKV;
+      const int64_t off = r_off[r];
+      const bool valid = off >= 0;
+      const int64_t src = (valid ? off : 0) + c * (16 / int(sizeof(TKV)));
+      const int dst = C::kFp8 ? r * C::kRowBytesKV + c * 16 : swz<D>(r, c);
+      cp_async_16(ks + dst, kbase + src, valid);
+      cp_async_16(vs + dst, vbase + src, valid);
+    }
+  };
+
+  // ---- prologue: q, the first row offsets, L2 prefetch of the tiles beyond the smem ring, first stages
+  {
+    const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
+    for (int i = tid; i < C::kRows * (D / 8); i += C::kThreads) {
+      const int r = i / (D / 8), c = i % (D / 8);
+      const bool valid = r < group;
+      cp_async_16(smem + C::kOffQ + swz<D>(r, c), qb + (valid ? (qo_head0 + r) * p.q_stride_h + c * 8 : 0), valid);
+    }
+  }
+  int pending = 0;
+  if (tid < C::kTile) {
+    int pids[C::kLookahead + 1];
+#pragma unroll
+    for (int j = 0; j <= C::kLookahead; ++j) pids[j] = load_pid(j);
+#pragma unroll
+    for (int j = 0; j <= C::kLookahead; ++j) store_rows(j, pids[j]);
+    pending = load_pid(C::kLookahead + 1);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int j = STAGES - 1; j < C::kLookahead; ++j) prefetch_tile(j);
+#pragma unroll
+  for (int j = 0; j < STAGES - 1; ++j) {
+    load_tile(j);
+    cp_async_commit();
+  }
+
+  // ---- main loop
+  float m[2] = {-CUDART_INF_F, -CUDART_INF_F}, l[2] = {0.f, 0.f};
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+
+  for (int t = 0; t < ntiles; ++t) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    prefetch_tile(t + C::kLookahead);
+    load_tile(t + STAGES - 1);
+    cp_async_commit();
+    if (tid < C::kTile) {
+      store_rows(t + C::kLookahead + 1, pending);
+      pending = load_pid(t + C::kLookahead + 2);
+    }
+    const int stage = t % STAGES;
+    const uint8_t* ks = smem + C::kOffK + stage * C::kStageBytes;
+    const uint8_t* vs = smem + C::kOffV + stage * C::kStageBytes;
+    if constexpr (C::kFp8) {
+      // e4m3 rows -> operand-layout rows (exact), then every warp reads the converted tile
+      uint8_t* kc = smem + C::kOffKc;
+      uint8_t* vc = smem + C::kOffVc;
+#pragma unroll
+      for (int it = 0; it < C::kTile * C::kChunksKV / C::kThreads; ++it) {
+        const int i = tid + it * C::kThreads;
+        const int r = i / C::kChunksKV, c = i % C::kChunksKV;
+        const uint4 kraw = *reinterpret_cast<const uint4*>(ks + r * C::kRowBytesKV + c * 16);
+        const uint4 vraw = *reinterpret_cast<const uint4*>(vs + r * C::kRowBytesKV + c * 16);
+        const uint32_t kw[4] = {kraw.x, kraw.y, kraw.z, kraw.w}, vw[4] = {vraw.x, vraw.y, vraw.z, vraw.w};
+        uint32_t ko[8], vo[8];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          ko[2 * j] = e4m3x2_to<TQ>(kw[j] & 0xffff);
+          ko[2 * j + 1] = e4m3x2_to<TQ>(kw[j] >> 16);
+          vo[2 * j] = e4m3x2_to<TQ>(vw[j] & 0xffff);
+          vo[2 * j + 1] = e4m3x2_to<TQ>(vw[j] >> 16);
+        }
+        *reinterpret_cast<uint4*>(kc + swz<D>(r, 2 * c)) = make_uint4(ko[0], ko[1], ko[2], ko[3]);
+        *reinterpret_cast<uint4*>(kc + swz<D>(r, 2 * c + 1)) = make_uint4(ko[4], ko[5], ko[6], ko[7]);
+        *reinterpret_cast<uint4*>(vc + swz<D>(r, 2 * c)) = make_uint4(vo[0], vo[1], vo[2], vo[3]);
+        *reinterpret_cast<uint4*>(vc + swz<D>(r, 2 * c + 1)) = make_uint4(vo[4], vo[5], vo[6], vo[7]);
+      }
+      __syncthreads();
+      ks = kc;
+      vs = vc;
+    }
+    const int warp_tok0 = tok_beg + t * C::kTile + warp * 16;
+    if (warp_tok0 >= tok_end) continue;  // this warp's 16 rows are all past the end (zero-filled)
+
+    // S = Q K^T for this warp's 16 tokens (two n-tiles of 8)
+    float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int ks_i = 0; ks_i < D / 16; ++ks_i) {
+      uint32_t a[4], bk[4];
+      ldmatrix_x4(a, smem + C::kOffQ + swz<D>(lane & 15, 2 * ks_i + (lane >> 4)));
+      const int j = lane >> 3, r8 = lane & 7;
+      ldmatrix_x4(bk, ks + swz<D>(warp * 16 + (j >> 1) * 8 + r8, 2 * ks_i + (j & 1)));
+      mma_16816<TQ>(s[0], a, bk);
+      mma_16816<TQ>(s[1], a, bk + 2);
+    }
+    // online softmax in the log2 domain; rows lane/4 (elements 0,1) and lane/4+8 (elements 2,3)
+    float mx[2] = {-CUDART_INF_F, -CUDART_INF_F};
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = warp_tok0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+        float x = p.has_cap ? p.score_post * tanhf(s[nt][e] * p.score_pre) : s[nt][e] * p.score_pre;
+        x = tok < tok_end ? x : -CUDART_INF_F;
+        s[nt][e] = x;
+        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      }
+    }
+    float alpha[2], muse[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+      const float mnew = fmaxf(m[r], mx[r]);
+      muse[r] = mnew == -CUDART_INF_F ? 0.f : mnew;
+      alpha[r] = exp2f(m[r] - muse[r]);
+      m[r] = mnew;
+      l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = exp2f(s[nt][e] - muse[e >> 1]);
+        l[e >> 1] += s[nt][e];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
+    }
+    const uint32_t pa[4] = {pack2<TQ>(s[0][0], s[0][1]), pack2<TQ>(s[0][2], s[0][3]), pack2<TQ>(s[1][0], s[1][1]),
+                            pack2<TQ>(s[1][2], s[1][3])};
+#pragma unroll
+    for (int nd = 0; nd < D / 16; ++nd) {
+      uint32_t bv[4];
+      const int j = lane >> 3, r8 = lane & 7;
+      ldmatrix_x4_trans(bv, vs + swz<D>(warp * 16 + (j & 1) * 8 + r8, 2 * nd + (j >> 1)));
+      mma_16816<TQ>(o[2 * nd], pa, bv);
+      mma_16816<TQ>(o[2 * nd + 1], pa, bv + 2);
+    }
+  }
+  cp_async_wait<0>();
+
+  // ---- combine the 4 warps
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
+  }
+  __syncthreads();  // every warp is done with the stages, which the reduction buffer aliases
+  float* red_m = reinterpret_cast<float*>(smem + C::kOffRed);
+  float* red_l = red_m + C::kWarps * C::kRows;
+  float* obuf = reinterpret_cast<float*>(smem + C::kOffK);
+  if ((lane & 3) == 0) {
+    red_m[warp * 16 + (lane >> 2)] = m[0];
+    red_m[warp * 16 + (lane >> 2) + 8] = m[1];
+    red_l[warp * 16 + (lane >> 2)] = l[0];
+    red_l[warp * 16 + (lane >> 2) + 8] = l[1];
+  }
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) {
+    const int col = i * 8 + (lane & 3) * 2;
+    float* r0 = obuf + (warp * 16 + (lane >> 2)) * D + col;
+    float* r1 = r0 + 8 * D;
+    *reinterpret_cast<float2*>(r0) = make_float2(o[i][0], o[i][1]);
+    *reinterpret_cast<float2*>(r1) = make_float2(o[i][2], o[i][3]);
+  }
+  __syncthreads();
+
+  const bool single = n_act == 1;
+  const int64_t part_row0 = (((int64_t)b * p.num_kv_heads + head) * p.num_splits) * group;
+  for (int i = tid; i < group * (D / 4); i += C::kThreads) {
+    const int r = i / (D / 4), c4 = i % (D / 4);
+    float mmax = -CUDART_INF_F;
+#pragma unroll
+    for (int w = 0; w < C::kWarps; ++w) mmax = fmaxf(mmax, red_m[w * 16 + r]);
+    const float mu = mmax == -CUDART_INF_F ? 0.f : mmax;
+    float lsum = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < C::kWarps; ++w) {
+      const float sc = exp2f(red_m[w * 16 + r] - mu);
+      lsum += sc * red_l[w * 16 + r];
+      const float4 ow = *reinterpret_cast<const float4*>(obuf + (w * 16 + r) * D + c4 * 4);
+      acc.x += sc * ow.x;
+      acc.y += sc * ow.y;
+      acc.z += sc * ow.z;
+      acc.w += sc * ow.w;
+    }
+    const float inv = 1.f / lsum;
+    acc.x *= inv;
+    acc.y *= inv;
+    acc.z *= inv;
+    acc.w *= inv;
+    const float lse2 = mu + log2f(lsum);
+    if (single) {
+      TQ* dst = out + b * p.o_stride_b + (qo_head0 + r) * p.o_stride_h + c4 * 4;
+      dst[0] = from_float<TQ>(acc.x * p.v_scale);
+      dst[1] = from_float<TQ>(acc.y * p.v_scale);
+      dst[2] = from_float<TQ>(acc.z * p.v_scale);
+      dst[3] = from_float<TQ>(acc.w * p.v_scale);
+      if (p.lse != nullptr && c4 == 0)
+        p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + r] = lse2 * CUDART_LN2_F;
+    } else {
+      const int64_t row = part_row0 + (int64_t)split * group + r;
+      *reinterpret_cast<float4*>(p.part_o + row * D + c4 * 4) = acc;
+      if (c4 == 0) p.part_lse[row] = lse2;
+    }
+  }
+  if (single) return;
+
+  // ---- the last split of (request, kv head) to finish merges all partials; no second launch
+  int* flag = reinterpret_cast<int*>(smem + C::kOffFlag);
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int32_t* ctr = p.counters + (int64_t)b * p.num_kv_heads + head;
+    const int done = atomicAdd(ctr, 1);
+    const bool last = done == n_act - 1;
+    if (last) *ctr = 0;  // ready for the next launch (CUDA-graph replays reuse the counters)
+    *flag = last;
+  }
+  __syncthreads();
+  if (!*flag) return;
+  __threadfence();
+  for (int i = tid; i < group * (D / 4); i += C::kThreads) {
+    const int r = i / (D / 4), c4 = i % (D / 4);
+    float mmax = -CUDART_INF_F;
+    for (int s_i = 0; s_i < n_act; ++s_i) mmax = fmaxf(mmax, __ldcg(p.part_lse + part_row0 + s_i * group + r));
+    float wsum = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int s_i = 0; s_i < n_act; ++s_i) {
+      const int64_t row = part_row0 + (int64_t)s_i * group + r;
+      const float w = exp2f(__ldcg(p.part_lse + row) - mmax);
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(p.part_o + row * D + c4 * 4));
+      wsum += w;
+      acc.x += w * v.x;
+      acc.y += w * v.y;
+      acc.z += w * v.z;
+      acc.w += w * v.w;
+    }
+    const float sc = p.v_scale / wsum;
+    TQ* dst = out + b * p.o_stride_b + (qo_head0 + r) * p.o_stride_h + c4 * 4;
+    dst[0] = from_float<TQ>(acc.x * sc);
+    dst[1] = from_float<TQ>(acc.y * sc);
+    dst[2] = from_float<TQ>(acc.z * sc);
+    dst[3] = from_float<TQ>(acc.w * sc);
+    if (p.lse != nullptr && c4 == 0)
+      p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + r] = (mmax + log2f(wsum)) * CUDART_LN2_F;
+  }
+}
+
+}  // namespace kvp

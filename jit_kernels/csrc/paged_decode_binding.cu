@@ -1,0 +1,104 @@
+// tvm-ffi entry points of one specialised decode module. The specialisation comes from -D flags set by the
+// JIT spec (jit_kernels/jit_spec.py): KVP_Q_BF16, KVP_KV_FP8, KVP_HEAD_DIM, KVP_STAGES, KVP_PREFETCH.
+#include <tvm/ffi/container/tensor.h>
+#include <tvm/ffi/error.h>
+#include <tvm/ffi/extra/c_env_api.h>
+#include <tvm/ffi/function.h>
+#include <tvm/ffi/optional.h>
+
+#include "paged_decode.cuh"
+
+namespace {
+
+using tvm::ffi::Optional;
+using tvm::ffi::TensorView;
+
+#if KVP_Q_BF16
+using TQ = __nv_bfloat16;
+#else
+using TQ = __half;
+#endif
+#if KVP_KV_FP8
+using TKV = __nv_fp8_e4m3;
+#else
+using TKV = TQ;
+#endif
+constexpr int kD = KVP_HEAD_DIM, kStages = KVP_STAGES, kPF = KVP_PREFETCH;
+using Cfg = kvp::DecodeCfg<TQ, TKV, kD, kStages, kPF>;
+
+#define KVP_CHECK_CUDA(expr)                                                            \
+  do {                                                                                  \
+    cudaError_t e_ = (expr);                                                            \
+    TVM_FFI_ICHECK(e_ == cudaSuccess) << "kvprefetch: " #expr ": " << cudaGetErrorString(e_); \
+  } while (0)
+
+void enable_smem() {
+  static bool done = false;  // one module per process and specialisation; a benign race sets it twice
+  if (!done) {
+    KVP_CHECK_CUDA(cudaFuncSetAttribute(kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+    done = true;
+  }
+}
+
+int64_t smem_bytes() { return Cfg::kSmemBytes; }
+
+// Resident blocks per SM for this specialisation: the split planner aims for a few waves of these.
+int64_t blocks_per_sm() {
+  enable_smem();
+  int n = 0;
+  KVP_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &n, kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF>, Cfg::kThreads, Cfg::kSmemBytes));
+  return n;
+}
+
+// q [B, Hq, D]; k/v [P, page, Hkv, D] (or [slots, Hkv, D] with page 1); o [B, Hq, D]; lse [B, Hq] f32.
+void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView indices, TensorView last_len,
+         TensorView o, Optional<TensorView> lse, TensorView part_o, TensorView part_lse, TensorView counters,
+         int64_t num_splits, int64_t page_shift, double score_pre, double score_post, int64_t has_cap,
+         double v_scale) {
+  const int64_t batch = q.size(0);
+  if (batch == 0) return;
+  const bool paged4 = k.ndim() == 4;
+  kvp::DecodeParams p{};
+  p.q = q.data_ptr();
+  p.q_stride_b = q.stride(0);
+  p.q_stride_h = q.stride(1);
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.kv_stride_page = k.stride(0);
+  p.kv_stride_tok = paged4 ? k.stride(1) : 0;
+  p.kv_stride_head = paged4 ? k.stride(2) : k.stride(1);
+  const int64_t num_kv_heads = paged4 ? k.size(2) : k.size(1);
+  p.indptr = static_cast<const int32_t*>(indptr.data_ptr());
+  p.indices = static_cast<const int32_t*>(indices.data_ptr());
+  p.last_len = static_cast<const int32_t*>(last_len.data_ptr());
+  p.o = o.data_ptr();
+  p.o_stride_b = o.stride(0);
+  p.o_stride_h = o.stride(1);
+  p.lse = lse.has_value() ? static_cast<float*>(lse.value().data_ptr()) : nullptr;
+  p.part_o = static_cast<float*>(part_o.data_ptr());
+  p.part_lse = static_cast<float*>(part_lse.data_ptr());
+  p.counters = static_cast<int32_t*>(counters.data_ptr());
+  p.num_kv_heads = static_cast<int32_t>(num_kv_heads);
+  p.group = static_cast<int32_t>(q.size(1) / num_kv_heads);
+  p.num_splits = static_cast<int32_t>(num_splits);
+  p.page_shift = static_cast<int32_t>(page_shift);
+  p.score_pre = static_cast<float>(score_pre);
+  p.score_post = static_cast<float>(score_post);
+  p.has_cap = static_cast<int32_t>(has_cap);
+  p.v_scale = static_cast<float>(v_scale);
+
+  enable_smem();
+  const dim3 grid(static_cast<unsigned>(num_splits), static_cast<unsigned>(num_kv_heads),
+                  static_cast<unsigned>(batch));
+  auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(q.device().device_type, q.device().device_id));
+  kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  KVP_CHECK_CUDA(cudaGetLastError());
+}
+
+}  // namespace
+
+TVM_FFI_DLL_EXPORT_TYPED_FUNC(run, run);
+TVM_FFI_DLL_EXPORT_TYPED_FUNC(smem_bytes, smem_bytes);
+TVM_FFI_DLL_EXPORT_TYPED_FUNC(blocks_per_sm, blocks_per_sm);

@@ -1,0 +1,212 @@
+"""BatchDecodeWithPagedKVCache: plan() once per decode step, run() once per layer (CUDA-graph capturable)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from .device import is_supported_device
+from .errors import KernelUnavailableError
+from .jit_spec import make_config
+from .loader import load_module
+from .validation import check_index_values, check_shape, check_tensor, validation_mode
+
+_Q_DTYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
+_FP8 = torch.float8_e4m3fn
+HEAD_DIMS = (64, 128, 256)
+MAX_GROUP = 16  # q heads per kv head: the 16 rows of one m16n8k16 tile
+MAX_SPLITS = 256
+DEFAULT_PREFETCH_DISTANCE = 2  # tiles of 64 tokens; see jit_kernels/NOTES.md
+_LOG2E = 1.4426950408889634
+
+
+def _env_prefetch_distance() -> int | None:
+    raw = os.environ.get("KVPREFETCH_PREFETCH_DISTANCE")
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"KVPREFETCH_PREFETCH_DISTANCE: expected an integer 0..8, got {raw!r}") from None
+
+
+def _check_positive_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    return v
+
+
+class BatchDecodeWithPagedKVCache:
+    """Decode attention over a paged KV cache in FlashInfer's layout.
+
+    K and V are ``[num_pages, page_size, num_kv_heads, head_dim]`` (or ``[num_slots, num_kv_heads, head_dim]``
+    when ``page_size == 1``, SGLang's token pool with no copy); the page table is ``kv_indptr [B+1]``,
+    ``kv_indices [nnz_pages]`` and ``kv_last_page_len [B]`` (int32).
+    """
+
+    def __init__(
+        self,
+        num_qo_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        page_size: int,
+        q_dtype: torch.dtype,
+        kv_dtype: torch.dtype,
+        device: torch.device | str,
+        max_batch_size: int = 256,
+        prefetch_distance: int | None = None,
+    ):
+        _check_positive_int("num_qo_heads", num_qo_heads)
+        _check_positive_int("num_kv_heads", num_kv_heads)
+        _check_positive_int("page_size", page_size)
+        _check_positive_int("max_batch_size", max_batch_size)
+        if head_dim not in HEAD_DIMS:
+            raise ValueError(f"head_dim: expected one of {HEAD_DIMS}, got {head_dim!r}")
+        if num_qo_heads % num_kv_heads:
+            raise ValueError(
+                f"num_qo_heads: expected a multiple of num_kv_heads ({num_kv_heads}), got {num_qo_heads}"
+            )
+        group = num_qo_heads // num_kv_heads
+        if group > MAX_GROUP:
+            raise ValueError(
+                f"num_qo_heads / num_kv_heads: expected a GQA group size of 1..{MAX_GROUP}, got {group}"
+            )
+        if page_size & (page_size - 1):
+            raise ValueError(f"page_size: expected a power of two, got {page_size}")
+        if q_dtype not in _Q_DTYPES:
+            raise ValueError(f"q_dtype: expected torch.bfloat16 or torch.float16, got {q_dtype}")
+        if kv_dtype not in (q_dtype, _FP8):
+            raise ValueError(f"kv_dtype: expected {q_dtype} (same as q) or torch.float8_e4m3fn, got {kv_dtype}")
+        if prefetch_distance is None:
+            prefetch_distance = _env_prefetch_distance()
+        if prefetch_distance is None:
+            prefetch_distance = DEFAULT_PREFETCH_DISTANCE
+        if isinstance(prefetch_distance, bool) or not isinstance(prefetch_distance, int) or not 0 <= prefetch_distance <= 8:
+            raise ValueError(f"prefetch_distance: expected an int 0..8, got {prefetch_distance!r}")
+
+        self.num_qo_heads, self.num_kv_heads, self.group = num_qo_heads, num_kv_heads, group
+        self.head_dim, self.page_size = head_dim, page_size
+        self.q_dtype, self.kv_dtype = q_dtype, kv_dtype
+        self.device = torch.device(device)
+        self.max_batch_size = max_batch_size
+        self.prefetch_distance = prefetch_distance
+        kv_fp8 = kv_dtype == _FP8
+        self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance)
+        self._module = None
+        self._plan = None
+
+    # ---- set-up (allocates; call outside CUDA-graph capture)
+    def load(self) -> "BatchDecodeWithPagedKVCache":
+        """Compile or load the module now and allocate the split workspace; idempotent."""
+        if self._module is not None:
+            return self
+        ok, reason = is_supported_device(self.device)
+        if not ok:
+            raise KernelUnavailableError(reason)
+        mod = load_module(self.config)
+        with torch.cuda.device(self.device):
+            blocks_per_sm = int(mod.blocks_per_sm())
+        if blocks_per_sm < 1:
+            raise KernelUnavailableError(f"{self.config.tag}: no block fits on an SM (shared memory)")
+        sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        self.target_blocks = sms * blocks_per_sm
+        rows = max(b * self.num_kv_heads * self.num_splits_for(b) for b in range(1, self.max_batch_size + 1))
+        rows *= self.group
+        self._part_o = torch.empty(rows * self.head_dim, dtype=torch.float32, device=self.device)
+        self._part_lse = torch.empty(rows, dtype=torch.float32, device=self.device)
+        self._counters = torch.zeros(self.max_batch_size * self.num_kv_heads, dtype=torch.int32, device=self.device)
+        self.workspace_bytes = sum(t.numel() * t.element_size() for t in (self._part_o, self._part_lse, self._counters))
+        self._module = mod
+        return self
+
+    def num_splits_for(self, batch_size: int) -> int:
+        """KV splits per (request, kv head): enough blocks for a couple of waves, from the batch size alone."""
+        work = batch_size * self.num_kv_heads
+        return max(1, min(MAX_SPLITS, -(-self.target_blocks // work)))
+
+    # ---- per decode step
+    def plan(self, kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_last_page_len: torch.Tensor,
+             batch_size: int | None = None) -> None:
+        """Remember the page table and pick the split count. No sync, no allocation for device tensors;
+        the tensors' contents may change between run() calls (CUDA-graph replay)."""
+        self.load()
+        for name, t in (("kv_indptr", kv_indptr), ("kv_indices", kv_indices), ("kv_last_page_len", kv_last_page_len)):
+            check_tensor(name, t, dtype=torch.int32, ndim=1)
+            if t.device.type == "cuda" and t.device != self.device:
+                raise ValueError(f"{name}: expected a tensor on {self.device} (or the CPU), got one on {t.device}")
+        if batch_size is None:
+            batch_size = kv_indptr.shape[0] - 1
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise ValueError(f"batch_size: expected an int >= 0, got {batch_size!r}")
+        if batch_size > self.max_batch_size:
+            raise ValueError(f"batch_size: {batch_size} exceeds max_batch_size={self.max_batch_size} given at construction")
+        if kv_indptr.shape[0] < batch_size + 1:
+            raise ValueError(f"kv_indptr: expected at least batch_size + 1 = {batch_size + 1} entries, got {kv_indptr.shape[0]}")
+        if kv_last_page_len.shape[0] < batch_size:
+            raise ValueError(f"kv_last_page_len: expected at least batch_size = {batch_size} entries, got {kv_last_page_len.shape[0]}")
+        on_cpu = kv_indptr.device.type == "cpu"
+        if on_cpu or validation_mode():
+            check_index_values(kv_indptr[: batch_size + 1], kv_indices, kv_last_page_len[:batch_size], self.page_size, None)
+        if on_cpu or kv_indices.device.type == "cpu" or kv_last_page_len.device.type == "cpu":
+            kv_indptr, kv_indices, kv_last_page_len = (
+                t.to(self.device, non_blocking=True) for t in (kv_indptr, kv_indices, kv_last_page_len)
+            )
+        self._plan = (kv_indptr, kv_indices, kv_last_page_len, batch_size, self.num_splits_for(max(batch_size, 1)))
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *, sm_scale: float | None = None,
+            logits_soft_cap: float = 0.0, k_scale: float = 1.0, v_scale: float = 1.0,
+            out: torch.Tensor | None = None, lse: torch.Tensor | None = None, return_lse: bool = False):
+        """Attention of each q row over its request's KV; returns ``out`` (and ``lse``, natural log, if asked)."""
+        if self._plan is None:
+            raise ValueError("run: plan() must be called before run()")
+        kv_indptr, kv_indices, kv_last_page_len, batch, num_splits = self._plan
+        hq, hkv, d = self.num_qo_heads, self.num_kv_heads, self.head_dim
+        check_tensor("q", q, dtype=self.q_dtype, ndim=3, device=self.device)
+        check_shape("q", q, (batch, hq, d))
+        for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+            check_tensor(name, t, dtype=self.kv_dtype, ndim=(3, 4) if self.page_size == 1 else 4, device=self.device)
+            if t.dim() == 4 and tuple(t.shape[1:]) != (self.page_size, hkv, d):
+                raise ValueError(f"{name}: expected shape [num_pages, {self.page_size}, {hkv}, {d}], got {tuple(t.shape)}")
+            if t.dim() == 3 and tuple(t.shape[1:]) != (hkv, d):
+                raise ValueError(f"{name}: expected shape [num_slots, {hkv}, {d}], got {tuple(t.shape)}")
+        if k_cache.shape != v_cache.shape or k_cache.stride() != v_cache.stride():
+            raise ValueError(
+                f"v_cache: expected the same shape and strides as k_cache {tuple(k_cache.shape)}/{k_cache.stride()}, "
+                f"got {tuple(v_cache.shape)}/{v_cache.stride()}"
+            )
+        if out is None:
+            out = torch.empty_like(q)
+        else:
+            check_tensor("out", out, dtype=self.q_dtype, ndim=3, device=self.device)
+            check_shape("out", out, (batch, hq, d))
+        if return_lse and lse is None:
+            lse = torch.empty(batch, hq, dtype=torch.float32, device=self.device)
+        if lse is not None:
+            check_tensor("lse", lse, dtype=torch.float32, ndim=2, device=self.device)
+            check_shape("lse", lse, (batch, hq))
+            if not lse.is_contiguous():
+                raise ValueError("lse: expected a contiguous tensor")
+        for name, val in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
+                raise ValueError(f"{name}: expected a positive finite float, got {val!r}")
+        if not isinstance(logits_soft_cap, (int, float)) or logits_soft_cap < 0 or not math.isfinite(logits_soft_cap):
+            raise ValueError(f"logits_soft_cap: expected a float >= 0 (0 = off), got {logits_soft_cap!r}")
+        if sm_scale is None:
+            sm_scale = 1.0 / math.sqrt(d)
+        if batch == 0:
+            return (out, lse) if return_lse else out
+
+        if logits_soft_cap > 0:
+            pre, post, has_cap = sm_scale * k_scale / logits_soft_cap, logits_soft_cap * _LOG2E, 1
+        else:
+            pre, post, has_cap = sm_scale * k_scale * _LOG2E, 0.0, 0
+        if self.kv_dtype == _FP8:  # DLPack has no portable float8: hand the kernel the bytes
+            k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
+        self._module.run(
+            q, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, out, lse,
+            self._part_o, self._part_lse, self._counters,
+            num_splits, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
+        )
+        return (out, lse) if return_lse else out

@@ -1,0 +1,95 @@
+"""One specialised decode module per configuration, built through FlashInfer's JIT machinery.
+
+The module name carries a hash of the CUDA sources and the nvcc flags, so a changed kernel never loads a stale
+build, and a module compiled elsewhere (e.g. on a CPU machine with nvcc, for sm_90a) can be dropped into
+``$KVPREFETCH_PREBUILT_DIR/<name>.so`` and loaded without a compiler. FlashInfer's spec builds under a file
+lock, so several processes (SGLang's TP workers) compiling the same module end with one good build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+CSRC_DIR = Path(__file__).resolve().parent / "csrc"
+SOURCES = ("paged_decode_binding.cu",)
+HEADERS = ("paged_decode.cuh", "ptx.cuh")
+ARCH_FLAGS = {
+    "90a": ["-gencode=arch=compute_90a,code=sm_90a"],
+    "80": ["-gencode=arch=compute_80,code=sm_80"],  # compile-only check of the non-Hopper prefetch path
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    q_dtype: str  # "bf16" | "f16"
+    kv_fp8: bool  # KV stored as float8 e4m3 (dequantised with k_scale / v_scale)
+    head_dim: int  # 64 | 128 | 256
+    stages: int  # cp.async ring depth in shared memory
+    prefetch: int  # tiles of 64 tokens requested into L2 ahead of the ring; 0 = no prefetch
+
+    def defines(self) -> list[str]:
+        return [
+            f"-DKVP_Q_BF16={int(self.q_dtype == 'bf16')}",
+            f"-DKVP_KV_FP8={int(self.kv_fp8)}",
+            f"-DKVP_HEAD_DIM={self.head_dim}",
+            f"-DKVP_STAGES={self.stages}",
+            f"-DKVP_PREFETCH={self.prefetch}",
+        ]
+
+    @property
+    def tag(self) -> str:
+        kv = "e4m3" if self.kv_fp8 else self.q_dtype
+        return f"{self.q_dtype}_{kv}_d{self.head_dim}_s{self.stages}_pf{self.prefetch}"
+
+
+# cp.async ring depth per (head_dim, fp8 KV): about 32 KB of K+V per stage, two blocks per SM where it fits
+STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128, True): 4, (256, True): 2}
+
+
+def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int) -> DecodeConfig:
+    return DecodeConfig(q_dtype, kv_fp8, head_dim, STAGES[(head_dim, kv_fp8)], prefetch)
+
+
+def _source_digest() -> str:
+    h = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        h.update(name.encode())
+        h.update((CSRC_DIR / name).read_bytes())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def module_name(cfg: DecodeConfig, arch: str = "90a") -> str:
+    h = hashlib.sha256()
+    h.update(_source_digest().encode())
+    h.update(" ".join(cfg.defines() + ARCH_FLAGS[arch]).encode())
+    return f"kvprefetch_decode_{cfg.tag}_sm{arch}_{h.hexdigest()[:12]}"
+
+
+def nvcc_flags(cfg: DecodeConfig, arch: str = "90a") -> list[str]:
+    return ARCH_FLAGS[arch] + cfg.defines() + ["-lineinfo"]
+
+
+def gen_spec(cfg: DecodeConfig, arch: str = "90a"):
+    """FlashInfer JitSpec for ``cfg``; ``arch`` other than 90a is for compile-only checks."""
+    os.environ.setdefault("FLASHINFER_CUDA_ARCH_LIST", "9.0")  # lets the spec be made on a machine with no GPU
+    from flashinfer.jit import gen_jit_spec
+
+    return gen_jit_spec(
+        module_name(cfg, arch),
+        [CSRC_DIR / s for s in SOURCES],
+        extra_cuda_cflags=nvcc_flags(cfg, arch),
+        extra_include_paths=[CSRC_DIR],
+    )
+
+
+def prebuilt_path(cfg: DecodeConfig) -> Path | None:
+    root = os.environ.get("KVPREFETCH_PREBUILT_DIR")
+    if not root:
+        return None
+    path = Path(root) / f"{module_name(cfg)}.so"
+    return path if path.is_file() else None

@@ -1,0 +1,104 @@
+"""Build decode modules ahead of time, e.g. on a CPU machine with nvcc, and collect them by content hash.
+
+    python -m kvprefetch.jit_kernels.prebuild --out DIR [--set default|tests|all] [--arch 90a]
+
+Each module lands as ``DIR/<module_name>.so``; point ``KVPREFETCH_PREBUILT_DIR`` at DIR on the GPU machine and
+the loader uses them without compiling (the name holds the hash of sources and flags, so a stale file is
+never picked up). On a machine without a GPU driver the linker gets a stub ``libcuda`` (soname libcuda.so.1,
+resolved to the real driver where the module is loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .jit_spec import DecodeConfig, make_config
+
+
+def configs(which: str) -> list[DecodeConfig]:
+    """default: what the benchmarks and the 8B/1B serving shapes use; tests: every family the GPU suite runs."""
+    if which == "default":
+        combos = [("bf16", False, 128), ("bf16", True, 128), ("bf16", False, 64)]
+        distances = (0, 2)
+    else:
+        combos = list(itertools.product(("bf16", "f16"), (False, True), (64, 128, 256)))
+        distances = (0, 2) if which == "tests" else (0, 1, 2, 3, 4)
+    return [make_config(q, fp8, d, pf) for (q, fp8, d) in combos for pf in distances]
+
+
+def find_cuda_home() -> str | None:
+    """CUDA_HOME, else the toolkit root nvcc reports (nvcc may be a wrapper script outside the toolkit)."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    if not shutil.which("nvcc"):
+        return None
+    probe = subprocess.run(["nvcc", "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                           capture_output=True, text=True)
+    m = re.search(r"TOP=(\S+)", probe.stdout + probe.stderr)
+    return os.path.normpath(m.group(1)) if m else None
+
+
+def prepare_build_env() -> None:
+    """Point FlashInfer's JIT at the toolkit and, with no driver installed, at a stub libcuda for linking."""
+    os.environ.setdefault("FLASHINFER_CUDA_ARCH_LIST", "9.0")
+    home = find_cuda_home()
+    if home:
+        os.environ["CUDA_HOME"] = home
+    have_driver = any(Path(p).exists() for p in ("/usr/lib/x86_64-linux-gnu/libcuda.so", "/usr/lib64/libcuda.so"))
+    if home and not have_driver and not list(Path(home).glob("lib*/stubs/libcuda.so")):
+        stub_dir = Path(tempfile.gettempdir()) / "kvprefetch-libcuda-stub"
+        stub_dir.mkdir(exist_ok=True)
+        stub = stub_dir / "libcuda.so"
+        if not stub.exists():
+            subprocess.run(["cc", "-shared", "-Wl,-soname,libcuda.so.1", "-o", str(stub), "-x", "c", "/dev/null"],
+                           check=True)
+        flags = f"-L{stub_dir} -L{home}/lib"
+        os.environ["FLASHINFER_EXTRA_LDFLAGS"] = (os.environ.get("FLASHINFER_EXTRA_LDFLAGS", "") + " " + flags).strip()
+
+
+def build(cfgs: list[DecodeConfig], out: Path | None, arch: str = "90a", verbose: bool = False) -> list[Path]:
+    prepare_build_env()
+    from flashinfer.jit import build_jit_specs
+
+    from .jit_spec import gen_spec
+
+    specs = [gen_spec(c, arch) for c in cfgs]
+    build_jit_specs(specs, verbose=verbose, skip_prebuilt=False)
+    paths = []
+    for spec in specs:
+        so = spec.jit_library_path
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(so, out / so.name)
+            so = out / so.name
+        paths.append(so)
+    return paths
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="folder to collect <module_name>.so files in")
+    ap.add_argument("--set", dest="which", choices=("default", "tests", "all"), default="default")
+    ap.add_argument("--arch", default="90a", choices=("90a", "80"))
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    cfgs = configs(args.which)
+    t0 = time.time()
+    print(f"building {len(cfgs)} modules for sm_{args.arch} ...", flush=True)
+    for p in build(cfgs, args.out, args.arch, args.verbose):
+        print(f"  {p}")
+    print(f"done in {time.time() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""nvcc compile-only check of each template family, for sm_90a and sm_80 (CI has nvcc 13.0, no GPU)."""
+
+import subprocess
+
+import pytest
+
+from kvprefetch.jit_kernels.jit_spec import CSRC_DIR, SOURCES, make_config, nvcc_flags
+from kvprefetch.jit_kernels.prebuild import find_cuda_home
+
+FAMILIES = [("bf16", False, 128, 2), ("f16", True, 64, 0), ("bf16", True, 256, 1), ("f16", False, 256, 2)]
+
+
+def _includes():
+    import tvm_ffi.libinfo as info
+
+    return [f"-I{CSRC_DIR}", f"-I{info.find_include_path()}", f"-I{info.find_dlpack_include_path()}"]
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("arch", ["90a", "80"])
+@pytest.mark.parametrize("family", FAMILIES[:2], ids=lambda f: "-".join(map(str, f)))
+def test_family_compiles(tmp_path, arch, family):
+    cfg = make_config(*family)
+    cmd = ["nvcc", "-std=c++17", "-O3", "-Xptxas", "-warn-spills", *nvcc_flags(cfg, arch), *_includes(),
+           "-c", str(CSRC_DIR / SOURCES[0]), "-o", str(tmp_path / "m.o")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "spill" not in r.stderr, r.stderr  # local-memory spills would cost bandwidth
+
+
+@pytest.mark.nvcc
+def test_cuda_home_is_found():
+    assert find_cuda_home() is not None

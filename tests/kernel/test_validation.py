@@ -1,0 +1,76 @@
+"""Every argument check of the op raises a ValueError naming the argument (CPU: checks run before any launch)."""
+
+import pytest
+import torch
+
+from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
+from kvprefetch.jit_kernels.validation import check_index_values
+
+CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype=torch.bfloat16,
+            kv_dtype=torch.bfloat16, device="cpu")
+
+
+@pytest.mark.parametrize("override,needle", [
+    (dict(head_dim=96), "head_dim"),
+    (dict(num_qo_heads=30), "num_qo_heads"),
+    (dict(num_qo_heads=8 * 17), "group"),
+    (dict(num_kv_heads=0), "num_kv_heads"),
+    (dict(page_size=12), "page_size"),
+    (dict(page_size=0), "page_size"),
+    (dict(q_dtype=torch.float32), "q_dtype"),
+    (dict(kv_dtype=torch.float16), "kv_dtype"),
+    (dict(max_batch_size=-1), "max_batch_size"),
+    (dict(prefetch_distance=9), "prefetch_distance"),
+    (dict(prefetch_distance=-1), "prefetch_distance"),
+])
+def test_constructor_rejects(override, needle):
+    with pytest.raises(ValueError, match=needle):
+        BatchDecodeWithPagedKVCache(**{**CTOR, **override})
+
+
+def test_env_prefetch_distance_must_be_int(monkeypatch):
+    monkeypatch.setenv("KVPREFETCH_PREFETCH_DISTANCE", "far")
+    with pytest.raises(ValueError, match="KVPREFETCH_PREFETCH_DISTANCE"):
+        BatchDecodeWithPagedKVCache(**CTOR)
+
+
+def test_group_seven_and_fp8_are_accepted():
+    w = BatchDecodeWithPagedKVCache(**{**CTOR, "num_qo_heads": 28, "num_kv_heads": 4, "kv_dtype": torch.float8_e4m3fn})
+    assert w.group == 7 and w.config.kv_fp8
+
+
+def test_run_before_plan_is_refused():
+    w = BatchDecodeWithPagedKVCache(**CTOR)
+    with pytest.raises(ValueError, match="plan"):
+        w.run(torch.zeros(1, 32, 128), torch.zeros(1), torch.zeros(1))
+
+
+def test_no_gpu_is_named_on_load(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from kvprefetch.jit_kernels import KernelUnavailableError
+
+    with pytest.raises(KernelUnavailableError, match="no CUDA GPU"):
+        BatchDecodeWithPagedKVCache(**CTOR).load()
+
+
+def _table(indptr, indices, last):
+    t = lambda x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+    return t(indptr), t(indices), t(last)
+
+
+@pytest.mark.parametrize("indptr,indices,last,needle", [
+    ([1, 2], [0, 1], [1], "kv_indptr\\[0\\]"),
+    ([0, 2, 1], [0, 1], [1, 1], "non-decreasing"),
+    ([0, 3], [0, 1], [1], "exceeds"),
+    ([0, 1], [0], [0], "kv_last_page_len"),
+    ([0, 1], [0], [17], "kv_last_page_len"),
+    ([0, 1], [-1], [1], "kv_indices"),
+    ([0, 1], [9], [1], "kv_indices"),
+])
+def test_index_values_are_checked(indptr, indices, last, needle):
+    with pytest.raises(ValueError, match=needle):
+        check_index_values(*_table(indptr, indices, last), page_size=16, num_pages=4)
+
+
+def test_valid_index_values_pass():
+    check_index_values(*_table([0, 1, 3], [2, 0, 1], [16, 3]), page_size=16, num_pages=4)
