@@ -17,7 +17,8 @@ _Q_DTYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
 _FP8 = torch.float8_e4m3fn
 HEAD_DIMS = (64, 128, 256)
 MAX_GROUP = 16  # q heads per kv head: the 16 rows of one m16n8k16 tile
-MAX_SPLITS = 256
+MAX_SPLITS = 256  # the kernel's merge keeps MAX_SPLITS x 16 weights in shared memory
+MIN_CHUNK_TOKENS = 128  # two 64-token tiles: all four warps busy, and few partials to merge
 DEFAULT_PREFETCH_DISTANCE = 2  # tiles of 64 tokens; see jit_kernels/NOTES.md
 _LOG2E = 1.4426950408889634
 
@@ -30,6 +31,13 @@ def _env_prefetch_distance() -> int | None:
         return int(raw)
     except ValueError:
         raise ValueError(f"KVPREFETCH_PREFETCH_DISTANCE: expected an integer 0..8, got {raw!r}") from None
+
+
+def _env_prefetch_bulk() -> bool:
+    mode = os.environ.get("KVPREFETCH_PREFETCH_MODE", "line")
+    if mode not in ("line", "bulk"):
+        raise ValueError(f"KVPREFETCH_PREFETCH_MODE: expected 'line' or 'bulk', got {mode!r}")
+    return mode == "bulk"
 
 
 def _check_positive_int(name: str, v) -> int:
@@ -90,10 +98,12 @@ class BatchDecodeWithPagedKVCache:
         self.head_dim, self.page_size = head_dim, page_size
         self.q_dtype, self.kv_dtype = q_dtype, kv_dtype
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.max_batch_size = max_batch_size
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
-        self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance)
+        self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk())
         self._module = None
         self._plan = None
 
@@ -122,9 +132,11 @@ class BatchDecodeWithPagedKVCache:
         return self
 
     def num_splits_for(self, batch_size: int) -> int:
-        """KV splits per (request, kv head): enough blocks for a couple of waves, from the batch size alone."""
+        """KV splits per (request, kv head), from the batch size alone: as many blocks as fit in one wave
+        (a partial second wave would cost a whole extra split's time). Short requests use fewer splits on the
+        device (MIN_CHUNK_TOKENS)."""
         work = batch_size * self.num_kv_heads
-        return max(1, min(MAX_SPLITS, -(-self.target_blocks // work)))
+        return max(1, min(MAX_SPLITS, self.target_blocks // work))
 
     # ---- per decode step
     def plan(self, kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_last_page_len: torch.Tensor,
@@ -207,6 +219,6 @@ class BatchDecodeWithPagedKVCache:
         self._module.run(
             q, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, out, lse,
             self._part_o, self._part_lse, self._counters,
-            num_splits, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
+            num_splits, MIN_CHUNK_TOKENS, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
         )
         return (out, lse) if return_lse else out

@@ -30,6 +30,7 @@ class DecodeConfig:
     head_dim: int  # 64 | 128 | 256
     stages: int  # cp.async ring depth in shared memory
     prefetch: int  # tiles of 64 tokens requested into L2 ahead of the ring; 0 = no prefetch
+    prefetch_bulk: bool = False  # cp.async.bulk.prefetch.L2 per row (copy engine) instead of prefetch.global.L2 per line
 
     def defines(self) -> list[str]:
         return [
@@ -38,20 +39,22 @@ class DecodeConfig:
             f"-DKVP_HEAD_DIM={self.head_dim}",
             f"-DKVP_STAGES={self.stages}",
             f"-DKVP_PREFETCH={self.prefetch}",
+            f"-DKVP_PREFETCH_BULK={int(self.prefetch_bulk)}",
         ]
 
     @property
     def tag(self) -> str:
         kv = "e4m3" if self.kv_fp8 else self.q_dtype
-        return f"{self.q_dtype}_{kv}_d{self.head_dim}_s{self.stages}_pf{self.prefetch}"
+        mode = "b" if self.prefetch_bulk and self.prefetch else ""
+        return f"{self.q_dtype}_{kv}_d{self.head_dim}_s{self.stages}_pf{self.prefetch}{mode}"
 
 
 # cp.async ring depth per (head_dim, fp8 KV): about 32 KB of K+V per stage, two blocks per SM where it fits
 STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128, True): 4, (256, True): 2}
 
 
-def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int) -> DecodeConfig:
-    return DecodeConfig(q_dtype, kv_fp8, head_dim, STAGES[(head_dim, kv_fp8)], prefetch)
+def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False) -> DecodeConfig:
+    return DecodeConfig(q_dtype, kv_fp8, head_dim, STAGES[(head_dim, kv_fp8)], prefetch, prefetch_bulk and prefetch > 0)
 
 
 def _source_digest() -> str:

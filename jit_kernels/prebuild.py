@@ -32,7 +32,11 @@ def configs(which: str) -> list[DecodeConfig]:
     else:
         combos = list(itertools.product(("bf16", "f16"), (False, True), (64, 128, 256)))
         distances = (0, 2) if which == "tests" else (0, 1, 2, 3, 4)
-    return [make_config(q, fp8, d, pf) for (q, fp8, d) in combos for pf in distances]
+    cfgs = [make_config(q, fp8, d, pf) for (q, fp8, d) in combos for pf in distances]
+    if which != "default":  # the prefetch ablation of the benchmark: other distances, and the copy-engine mode
+        cfgs += [make_config("bf16", False, 128, pf) for pf in (1, 4)]
+        cfgs += [make_config("bf16", False, 128, 2, prefetch_bulk=True)]
+    return cfgs
 
 
 def find_cuda_home() -> str | None:

@@ -29,6 +29,7 @@ struct DecodeParams {
   float* part_lse;
   int32_t* counters;
   int32_t num_kv_heads, group, num_splits, page_shift;
+  int32_t min_chunk;  // tokens; a split shorter than the prologue's lookahead only adds merge work
   float score_pre;   // no cap: sm_scale*k_scale*log2(e); cap: sm_scale*k_scale/cap
   float score_post;  // cap: cap*log2(e)
   int32_t has_cap;
@@ -59,6 +60,7 @@ struct DecodeCfg {
   static_assert(STAGES >= 2, "need at least two stages");
   static_assert(D == 64 || D == 128 || D == 256, "head_dim must be 64, 128 or 256");
   static_assert(kOBytes <= 2 * STAGES * kStageBytes + 2 * kConvBytes, "reduction buffer does not fit");
+  static_assert(256 * 16 * 4 <= STAGES * kStageBytes, "merge weights (MAX_SPLITS x 16 rows) do not fit");
 };
 
 // Byte offset of 16-byte chunk `c` of row `r` in a swizzled operand tile (rows of D*2 bytes): conflict-free
@@ -68,7 +70,7 @@ __device__ __forceinline__ int swz(int r, int c) {
   return r * (D * 2) + ((c ^ (r & 7)) << 4);
 }
 
-template <typename TQ, typename TKV, int D, int STAGES, int PF>
+template <typename TQ, typename TKV, int D, int STAGES, int PF, bool PF_BULK>
 __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p) {
   using C = DecodeCfg<TQ, TKV, D, STAGES, PF>;
   extern __shared__ __align__(128) uint8_t smem[];
@@ -77,6 +79,14 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   const int group = p.group;
   const int qo_head0 = head * group;
 
+  {  // q does not depend on the page table: request it before the first dependent load
+    const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
+    for (int i = tid; i < C::kRows * (D / 8); i += C::kThreads) {
+      const int r = i / (D / 8), c = i % (D / 8);
+      const bool valid = r < group;
+      cp_async_16(smem + C::kOffQ + swz<D>(r, c), qb + (valid ? (qo_head0 + r) * p.q_stride_h + c * 8 : 0), valid);
+    }
+  }
   const int page_beg = p.indptr[b];
   const int num_pages = p.indptr[b + 1] - page_beg;
   const int len = num_pages > 0 ? (num_pages - 1) * (1 << p.page_shift) + p.last_len[b] : 0;
@@ -90,7 +100,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     return;
   }
   int chunk = (len + p.num_splits - 1) / p.num_splits;
-  chunk = (chunk + 15) & ~15;
+  chunk = max((chunk + 15) & ~15, p.min_chunk);
   const int n_act = (len + chunk - 1) / chunk;
   if (split >= n_act) return;
   const int tok_beg = split * chunk;
@@ -119,8 +129,16 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     if (PF > 0 && tile < ntiles && tid < C::kTile) {
       const int64_t off = rows[(tile % C::kSlots) * C::kTile + tid];
       if (off >= 0) {
-        prefetch_l2_bulk(kbase + off, C::kRowBytesKV);
-        prefetch_l2_bulk(vbase + off, C::kRowBytesKV);
+        if constexpr (PF_BULK) {
+          prefetch_l2_bulk(kbase + off, C::kRowBytesKV);
+          prefetch_l2_bulk(vbase + off, C::kRowBytesKV);
+        } else {
+#pragma unroll
+          for (int line = 0; line < (C::kRowBytesKV + 127) / 128; ++line) {
+            prefetch_l2_line(reinterpret_cast<const uint8_t*>(kbase + off) + line * 128);
+            prefetch_l2_line(reinterpret_cast<const uint8_t*>(vbase + off) + line * 128);
+          }
+        }
       }
     }
   };
@@ -143,15 +161,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     }
   };
 
-  // ---- prologue: q, the first row offsets, L2 prefetch of the tiles beyond the smem ring, first stages
-  {
-    const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
-    for (int i = tid; i < C::kRows * (D / 8); i += C::kThreads) {
-      const int r = i / (D / 8), c = i % (D / 8);
-      const bool valid = r < group;
-      cp_async_16(smem + C::kOffQ + swz<D>(r, c), qb + (valid ? (qo_head0 + r) * p.q_stride_h + c * 8 : 0), valid);
-    }
-  }
+  // ---- prologue: the first row offsets, L2 prefetch of the tiles beyond the smem ring, first stages
   int pending = 0;
   if (tid < C::kTile) {
     int pids[C::kLookahead + 1];
@@ -365,30 +375,45 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   __syncthreads();
   if (!*flag) return;
   __threadfence();
+  // split weights once: lse of every (split, row) into shared memory in one round of loads, then normalised
+  float* w = reinterpret_cast<float*>(smem + C::kOffK);  // [n_act][group]; the stages are free again
+  const int nw = n_act * group;
+  for (int i = tid; i < nw; i += C::kThreads) w[i] = __ldcg(p.part_lse + part_row0 + i);
+  __syncthreads();
+  if (tid < group) {
+    float mmax = -CUDART_INF_F;
+    for (int s_i = 0; s_i < n_act; ++s_i) mmax = fmaxf(mmax, w[s_i * group + tid]);
+    float wsum = 0.f;
+    for (int s_i = 0; s_i < n_act; ++s_i) wsum += exp2f(w[s_i * group + tid] - mmax);
+    red_m[tid] = mmax;
+    red_l[tid] = wsum;
+  }
+  __syncthreads();
+  for (int i = tid; i < nw; i += C::kThreads) {
+    const int r = i % group;
+    w[i] = exp2f(w[i] - red_m[r]) / red_l[r];
+  }
+  __syncthreads();
   for (int i = tid; i < group * (D / 4); i += C::kThreads) {
     const int r = i / (D / 4), c4 = i % (D / 4);
-    float mmax = -CUDART_INF_F;
-    for (int s_i = 0; s_i < n_act; ++s_i) mmax = fmaxf(mmax, __ldcg(p.part_lse + part_row0 + s_i * group + r));
-    float wsum = 0.f;
+    const float* src = p.part_o + (part_row0 + r) * D + c4 * 4;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
     for (int s_i = 0; s_i < n_act; ++s_i) {
-      const int64_t row = part_row0 + (int64_t)s_i * group + r;
-      const float w = exp2f(__ldcg(p.part_lse + row) - mmax);
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(p.part_o + row * D + c4 * 4));
-      wsum += w;
-      acc.x += w * v.x;
-      acc.y += w * v.y;
-      acc.z += w * v.z;
-      acc.w += w * v.w;
+      const float ws = w[s_i * group + r];
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(src + (int64_t)s_i * group * D));
+      acc.x += ws * v.x;
+      acc.y += ws * v.y;
+      acc.z += ws * v.z;
+      acc.w += ws * v.w;
     }
-    const float sc = p.v_scale / wsum;
     TQ* dst = out + b * p.o_stride_b + (qo_head0 + r) * p.o_stride_h + c4 * 4;
-    dst[0] = from_float<TQ>(acc.x * sc);
-    dst[1] = from_float<TQ>(acc.y * sc);
-    dst[2] = from_float<TQ>(acc.z * sc);
-    dst[3] = from_float<TQ>(acc.w * sc);
+    dst[0] = from_float<TQ>(acc.x * p.v_scale);
+    dst[1] = from_float<TQ>(acc.y * p.v_scale);
+    dst[2] = from_float<TQ>(acc.z * p.v_scale);
+    dst[3] = from_float<TQ>(acc.w * p.v_scale);
     if (p.lse != nullptr && c4 == 0)
-      p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + r] = (mmax + log2f(wsum)) * CUDART_LN2_F;
+      p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + r] = (red_m[r] + log2f(red_l[r])) * CUDART_LN2_F;
   }
 }
 

@@ -1,5 +1,6 @@
 // tvm-ffi entry points of one specialised decode module. The specialisation comes from -D flags set by the
-// JIT spec (jit_kernels/jit_spec.py): KVP_Q_BF16, KVP_KV_FP8, KVP_HEAD_DIM, KVP_STAGES, KVP_PREFETCH.
+// JIT spec (jit_kernels/jit_spec.py): KVP_Q_BF16, KVP_KV_FP8, KVP_HEAD_DIM, KVP_STAGES, KVP_PREFETCH,
+// KVP_PREFETCH_BULK.
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/error.h>
 #include <tvm/ffi/extra/c_env_api.h>
@@ -24,6 +25,7 @@ using TKV = __nv_fp8_e4m3;
 using TKV = TQ;
 #endif
 constexpr int kD = KVP_HEAD_DIM, kStages = KVP_STAGES, kPF = KVP_PREFETCH;
+constexpr bool kPFBulk = KVP_PREFETCH_BULK;
 using Cfg = kvp::DecodeCfg<TQ, TKV, kD, kStages, kPF>;
 
 #define KVP_CHECK_CUDA(expr)                                                            \
@@ -35,7 +37,7 @@ using Cfg = kvp::DecodeCfg<TQ, TKV, kD, kStages, kPF>;
 void enable_smem() {
   static bool done = false;  // one module per process and specialisation; a benign race sets it twice
   if (!done) {
-    KVP_CHECK_CUDA(cudaFuncSetAttribute(kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF>,
+    KVP_CHECK_CUDA(cudaFuncSetAttribute(kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
     done = true;
   }
@@ -48,14 +50,14 @@ int64_t blocks_per_sm() {
   enable_smem();
   int n = 0;
   KVP_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &n, kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF>, Cfg::kThreads, Cfg::kSmemBytes));
+      &n, kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>, Cfg::kThreads, Cfg::kSmemBytes));
   return n;
 }
 
 // q [B, Hq, D]; k/v [P, page, Hkv, D] (or [slots, Hkv, D] with page 1); o [B, Hq, D]; lse [B, Hq] f32.
 void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView indices, TensorView last_len,
          TensorView o, Optional<TensorView> lse, TensorView part_o, TensorView part_lse, TensorView counters,
-         int64_t num_splits, int64_t page_shift, double score_pre, double score_post, int64_t has_cap,
+         int64_t num_splits, int64_t min_chunk, int64_t page_shift, double score_pre, double score_post, int64_t has_cap,
          double v_scale) {
   const int64_t batch = q.size(0);
   if (batch == 0) return;
@@ -83,6 +85,7 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   p.num_kv_heads = static_cast<int32_t>(num_kv_heads);
   p.group = static_cast<int32_t>(q.size(1) / num_kv_heads);
   p.num_splits = static_cast<int32_t>(num_splits);
+  p.min_chunk = static_cast<int32_t>(min_chunk);
   p.page_shift = static_cast<int32_t>(page_shift);
   p.score_pre = static_cast<float>(score_pre);
   p.score_post = static_cast<float>(score_post);
@@ -93,7 +96,7 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   const dim3 grid(static_cast<unsigned>(num_splits), static_cast<unsigned>(num_kv_heads),
                   static_cast<unsigned>(batch));
   auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(q.device().device_type, q.device().device_id));
-  kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   KVP_CHECK_CUDA(cudaGetLastError());
 }
 

@@ -32,6 +32,11 @@ __device__ __forceinline__ void prefetch_l2_bulk(const void* gmem, uint32_t byte
 #endif
 }
 
+// Prefetch of one 128-byte line into L2 through the load/store unit (no copy engine round trip).
+__device__ __forceinline__ void prefetch_l2_line(const void* gmem) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(gmem));
+}
+
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
