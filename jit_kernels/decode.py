@@ -19,7 +19,7 @@ HEAD_DIMS = (64, 128, 256)
 MAX_GROUP = 16  # q heads per kv head: the 16 rows of one m16n8k16 tile
 MAX_SPLITS = 256  # the kernel's merge keeps MAX_SPLITS x 16 weights in shared memory
 MIN_CHUNK_TOKENS = 128  # two 64-token tiles: all four warps busy, and few partials to merge
-DEFAULT_PREFETCH_DISTANCE = 2  # tiles of 64 tokens; see jit_kernels/NOTES.md
+DEFAULT_PREFETCH_DISTANCE = 0  # tiles of 64 tokens; on the H100 every distance > 0 measured slower (NOTES.md, run 2)
 _LOG2E = 1.4426950408889634
 
 

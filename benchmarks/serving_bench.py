@@ -1,0 +1,572 @@
+#!/usr/bin/env python3
+"""End-to-end serving benchmark: one real SGLang server per (model, attention backend), driven by SGLang's
+own bench_serving (random token ids, exact lengths), stopped cleanly before the next one starts.
+
+    python benchmarks/serving_bench.py                                  # everything (~1 h of GPU: shard it)
+    python benchmarks/serving_bench.py --models llama-3.2-1b --backends kvprefetch fa3 --deadline-s 540
+    python benchmarks/serving_bench.py --shard 0/4 --deadline-s 540     # 1 of 4 slices of the servers
+    python benchmarks/serving_bench.py --dry-run                        # plan + estimate, no GPU
+    python benchmarks/serving_bench.py --render-only                    # md + png from the JSON
+
+Resume is on by default: points already in <out>/serving-<gpu>.json (that ran) are skipped, a server whose
+points are all done is not started, and every finished point is saved at once, so a job cut off at its
+time limit loses at most the point in flight. Rerun the same command to continue.
+
+Server: python -m sglang.launch_server --model-path DIR --load-format dummy --attention-backend B
+    --host 127.0.0.1 --port P --mem-fraction-static 0.8 --cuda-graph-max-bs-decode 64
+    --cuda-graph-backend-prefill disabled --disable-radix-cache --page-size N --kv-cache-dtype auto
+Client: python -m sglang.benchmark.serving --backend sglang --dataset-name random-ids --random-input-len I
+    --random-output-len O --random-range-ratio 1.0 --tokenize-prompt --num-prompts N --max-concurrency C
+    --seed S --tokenizer DIR --model DIR --output-file F   (several runs share one Python process:
+    serving_client.py; --client-mode per-run starts `python -m sglang.benchmark.serving` each time)
+Model folders: kvprefetch.integration.model_folder.write_model_folder(DIR, shape=MODEL) (no weights).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import queue
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import results_io as rio  # noqa: E402
+import serving_report  # noqa: E402
+import serving_rows as sr  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+FALLBACK_MARKERS = ("falling back to SGLang's Triton", "KVPREFETCH_DISABLE=1")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(sr.MODELS), help=f"model shapes ({' '.join(sr.MODELS)})")
+    ap.add_argument("--backends", nargs="+", default=list(sr.BACKENDS), help=f"({' '.join(sr.BACKENDS)})")
+    ap.add_argument("--workloads", type=str, default=None,
+                    help="INPUT:OUTPUT:CONC,... (default 8K:256:1,8K:256:8,16K:256:1,16K:256:8,1K:128:64)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--num-prompts", type=int, default=None, help="per run (default max(16, 2 x concurrency))")
+    ap.add_argument("--page-size", type=int, default=1, help="--page-size of every server (SGLang default 1)")
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8_e4m3"))
+    ap.add_argument("--mem-fraction-static", type=float, default=0.8)
+    ap.add_argument("--cuda-graph-max-bs", type=int, default=None,
+                    help="--cuda-graph-max-bs-decode (default: the largest concurrency, at least 8)")
+    ap.add_argument("--server-args", type=str, default="",
+                    help='extra launch_server arguments, one string: --server-args="--max-running-requests 64"')
+    ap.add_argument("--backend-name", action="append", default=[], metavar="NAME=ARG",
+                    help="--attention-backend value for a backend (default: its own name)")
+    ap.add_argument("--shard", type=str, default=None, help="I/N: run servers I, I+N, ... of the (model x backend) list")
+    ap.add_argument("--no-resume", action="store_true", help="re-measure points already in the results file")
+    ap.add_argument("--deadline-s", type=float, default=0.0,
+                    help="do not start a server or point that would end after this many seconds (0: no limit)")
+    ap.add_argument("--server-timeout-s", type=float, default=480.0, help="wait this long for /health")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--client-mode", choices=("batched", "per-run"), default="batched")
+    ap.add_argument("--model-root", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "kvprefetch-models")
+    ap.add_argument("--out", type=Path, default=rio.DEFAULT_OUT)
+    ap.add_argument("--log-dir", type=Path, default=None, help="server/client logs (default <out>/../serving-logs)")
+    ap.add_argument("--gpu", type=str, default=None, help="results slug (default from nvidia-smi)")
+    ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--render-only", action="store_true")
+    args = ap.parse_args(argv)
+    bad = [b for b in args.backends if b not in sr.BACKENDS and not any(n.startswith(b + "=") for n in args.backend_name)]
+    if bad:
+        ap.error(f"unknown backends {bad} (give --backend-name NAME=ARG for others)")
+    bad = [m for m in args.models if m not in sr.PREFILL_TOK_S]
+    if bad:
+        ap.error(f"unknown models {bad}; choose from {list(sr.MODELS)}")
+    args.workload_list = sr.parse_workloads(args.workloads)
+    args.shard_tuple = sr.parse_shard(args.shard)
+    args.backend_args = dict(n.split("=", 1) for n in args.backend_name)
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+def gpu_name() -> str:
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                           text=True, timeout=20)
+        if r.returncode == 0 and r.stdout.strip():
+            return r.stdout.strip().splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def backend_unavailable(backend: str) -> Optional[str]:
+    """Why a backend cannot be served here (None: it can), checked without importing sglang."""
+    if backend == "fa3":
+        spec = importlib.util.find_spec("sgl_kernel")
+        if spec is None or not spec.submodule_search_locations:
+            return "sgl_kernel not installed"
+        pkg = Path(list(spec.submodule_search_locations)[0])
+        if not list(pkg.glob("flash_ops*.so")):
+            return f"FA3 not staged ({pkg}/flash_ops.abi3.so missing: stage it with stage_fa3.sh)"
+    if backend == "kvprefetch":
+        from importlib import metadata
+
+        names = {ep.name for ep in metadata.entry_points(group="sglang.srt.plugins")}
+        if "kvprefetch" not in names:
+            return ("kvprefetch SGLang plugin not installed (no 'sglang.srt.plugins' entry point): "
+                    "python3 -m pip install --no-deps --no-index --no-build-isolation --target /tmp/site .")
+    return None
+
+
+def ensure_model(shape: str, root: Path) -> Path:
+    d = Path(root) / shape
+    if (d / "config.json").exists() and (d / "tokenizer.json").exists():
+        return d
+    try:
+        from kvprefetch.integration.model_folder import write_model_folder
+    except ImportError:  # not pip-installed: load the module from this checkout
+        spec = importlib.util.spec_from_file_location("_kvp_model_folder",
+                                                      HERE.parent / "integration" / "model_folder.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        write_model_folder = mod.write_model_folder
+    write_model_folder(str(d), shape=shape)
+    return d
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_cmd(server: sr.Server, model_dir: Path, port: int, args: argparse.Namespace) -> List[str]:
+    max_bs = args.cuda_graph_max_bs or max([8] + [w.max_concurrency for w in args.workload_list])
+    return [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_dir), "--load-format", "dummy",
+            "--attention-backend", args.backend_args.get(server.backend, server.backend),
+            "--host", "127.0.0.1", "--port", str(port), "--mem-fraction-static", str(args.mem_fraction_static),
+            "--cuda-graph-max-bs-decode", str(max_bs), "--cuda-graph-backend-prefill", "disabled",
+            "--disable-radix-cache", "--page-size", str(server.page_size), "--kv-cache-dtype", args.kv_cache_dtype,
+            ] + shlex.split(args.server_args)
+
+
+def client_argv(w: sr.Workload, model_dir: Path, port: int, num_prompts: int, seed: int, output_file: Path,
+                warmup: int) -> List[str]:
+    return ["--backend", "sglang", "--host", "127.0.0.1", "--port", str(port), "--model", str(model_dir),
+            "--tokenizer", str(model_dir), "--dataset-name", "random-ids", "--random-input-len", str(w.input_len),
+            "--random-output-len", str(w.output_len), "--random-range-ratio", "1.0", "--tokenize-prompt",
+            "--num-prompts", str(num_prompts), "--max-concurrency", str(w.max_concurrency), "--seed", str(seed),
+            "--output-file", str(output_file), "--disable-tqdm", "--warmup-requests", str(warmup),
+            "--ready-check-timeout-sec", "60"]
+
+
+def server_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    for k, v in (("SGLANG_USE_SGL_FA3_KERNEL", "1"), ("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1")):
+        env.setdefault(k, v)
+    return env
+
+
+class ServerProcess:
+    """A launch_server process in its own process group, its output in a log file."""
+
+    def __init__(self, cmd: Sequence[str], port: int, log_path: Path, env: Optional[Dict[str, str]] = None):
+        self.cmd, self.port, self.log_path, self.env = list(cmd), port, Path(log_path), env
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+    def wait_healthy(self, timeout_s: float, poll_s: float = 2.0) -> Tuple[bool, str]:
+        t0 = time.time()
+        while time.time() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                return False, f"server exited with code {self.proc.returncode}: {self.log_tail()}"
+            if self.healthy():
+                return True, f"healthy after {time.time() - t0:.0f} s"
+            time.sleep(poll_s)
+        return False, f"no /health after {timeout_s:.0f} s: {self.log_tail()}"
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n: int = 3) -> str:
+        lines = [l for l in self.log_text().splitlines() if l.strip()]
+        return " / ".join(lines[-n:])[-400:]
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM to the server, wait; then SIGKILL what is left of its process group."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)   # stragglers (scheduler/detokenizer) of OUR server's group
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+        t0 = time.time()   # let the port go and the GPU memory be freed before the next server starts
+        while time.time() - t0 < 20 and self.healthy():
+            time.sleep(1)
+        wait_gpu_idle()
+
+
+def gpu_memory_used_mib() -> Optional[int]:
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, timeout=20)
+        if r.returncode == 0 and r.stdout.strip():
+            return max(int(float(x)) for x in r.stdout.split())
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    return None
+
+
+def wait_gpu_idle(limit_mib: int = 4096, timeout_s: float = 45.0) -> None:
+    """Until the GPU's used memory is back under limit_mib (the stopped server's processes are gone);
+    a fixed 3 s where nvidia-smi is missing."""
+    t0 = time.time()
+    used = gpu_memory_used_mib()
+    if used is None:
+        time.sleep(3)
+        return
+    while used is not None and used > limit_mib and time.time() - t0 < timeout_s:
+        time.sleep(1)
+        used = gpu_memory_used_mib()
+
+
+class ClientDriver:
+    """serving_client.py as a long-lived child: one sglang import for all runs against a server."""
+
+    def __init__(self, log_path: Path, env: Optional[Dict[str, str]] = None):
+        from serving_client import MARK
+
+        self.mark = MARK
+        self.log = open(log_path, "a")
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "serving_client.py")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
+                                     start_new_session=True)
+        self.q: "queue.Queue[Optional[str]]" = queue.Queue()
+        self.t = threading.Thread(target=self._pump, daemon=True)
+        self.t.start()
+        self.n = 0
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            self.q.put(line)
+        self.q.put(None)
+
+    def _wait_mark(self, job_id: str, timeout_s: float) -> Tuple[bool, str]:
+        t0 = time.time()
+        while True:
+            left = timeout_s - (time.time() - t0)
+            if left <= 0:
+                return False, f"client timed out after {timeout_s:.0f} s"
+            try:
+                line = self.q.get(timeout=min(left, 5.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                return False, f"client exited (code {self.proc.poll()})"
+            self.log.write(line)
+            if line.startswith(self.mark):
+                parts = line.strip().split(" ", 3)
+                if len(parts) >= 3 and parts[1] == job_id:
+                    return parts[2] == "ok", (parts[3] if len(parts) > 3 else "")
+        # unreachable
+
+    def ready(self, timeout_s: float = 180.0) -> Tuple[bool, str]:
+        return self._wait_mark("ready", timeout_s)
+
+    def run(self, argv: Sequence[str], timeout_s: float) -> Tuple[bool, str]:
+        self.n += 1
+        job_id = f"j{self.n}"
+        try:
+            self.proc.stdin.write(json.dumps({"id": job_id, "argv": list(argv)}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError) as e:
+            return False, f"client process gone ({type(e).__name__})"
+        ok, why = self._wait_mark(job_id, timeout_s)
+        if not ok and "timed out" in why:
+            self.kill()
+        return ok, why
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def close(self) -> None:
+        try:
+            if self.alive():
+                self.proc.stdin.write("\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=20)
+        except Exception:
+            self.kill()
+        self.log.close()
+
+
+def run_client_once(argv: Sequence[str], log_path: Path, timeout_s: float, env=None) -> Tuple[bool, str]:
+    with open(log_path, "a") as log:
+        try:
+            r = subprocess.run([sys.executable, "-m", "sglang.benchmark.serving"] + list(argv), stdout=log,
+                               stderr=subprocess.STDOUT, timeout=timeout_s, env=env)
+        except subprocess.TimeoutExpired:
+            return False, f"client timed out after {timeout_s:.0f} s"
+    return r.returncode == 0, f"exit code {r.returncode}"
+
+
+def read_result(path: Path) -> Optional[Dict[str, Any]]:
+    """The last JSON line bench_serving appended to its --output-file."""
+    try:
+        lines = [l for l in Path(path).read_text().splitlines() if l.strip()]
+    except OSError:
+        return None
+    for l in reversed(lines):
+        try:
+            d = json.loads(l)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(d, dict) and "output_throughput" in d:
+            return d
+    return None
+
+
+def fallback_line(log_text: str) -> Optional[str]:
+    for line in log_text.splitlines():
+        if any(m in line for m in FALLBACK_MARKERS):
+            return line.strip()[-300:]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def result_paths(out: Path, slug: str) -> Dict[str, Path]:
+    return {ext: out / f"serving-{slug}.{ext}" for ext in ("json", "md", "png")}
+
+
+def write_outputs(doc: Dict[str, Any], paths: Dict[str, Path], png: bool = True) -> Optional[str]:
+    doc["rows"] = sr.derive(doc.get("rows", []))
+    rio.write_json(paths["json"], doc)
+    rio.write_text(paths["md"], serving_report.render_md(doc))
+    return serving_report.render_png(doc, paths["png"]) if png else None
+
+
+def render_only(args: argparse.Namespace) -> int:
+    jsons = [args.out / f"serving-{args.gpu}.json"] if args.gpu else sorted(args.out.glob("serving-*.json"))
+    if not jsons:
+        print(f"no serving-*.json in {args.out}")
+        return 1
+    for j in jsons:
+        doc = rio.load_json(j)
+        if doc is None:
+            print(f"missing {j}")
+            return 1
+        why = write_outputs(doc, result_paths(args.out, j.stem[len("serving-"):]))
+        print(f"wrote {j.with_suffix('.md')}" + (f"; no png: {why}" if why else f" and {j.with_suffix('.png')}"))
+    return 0
+
+
+def plan_summary(args: argparse.Namespace, done: set) -> Tuple[List[sr.Server], float]:
+    kv = sr.kv_dtype_label(args.kv_cache_dtype)
+    servers = sr.plan_servers(args.models, args.backends, args.page_size, kv, args.shard_tuple)
+    total = 0.0
+    for s in servers:
+        todo = sr.pending(s, args.workload_list, done)
+        est = sr.estimate_server_s(s, todo, args.repeats, args.num_prompts) if todo else 0.0
+        total += est
+        print(f"  {s.model:13s} {s.backend:10s} page {s.page_size} kv {s.kv_dtype}: {len(todo)} point(s) to run"
+              + (f", ~{est / 60:.1f} min" if todo else " (done)"))
+    return servers, total
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    slug = args.gpu or "h100"
+    doc = rio.load_json(result_paths(args.out, slug)["json"]) or {}
+    done = set() if args.no_resume else sr.done_points(doc.get("rows", []))
+    print(f"workloads: {[w.label() for w in args.workload_list]}; repeats {args.repeats}")
+    _, total = plan_summary(args, done)
+    print(f"estimate ~{total / 60:.1f} min (H100; server start-up dominates small runs)")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    t_start = time.time()
+    name = gpu_name()
+    slug = args.gpu or rio.device_slug(name)
+    paths = result_paths(args.out, slug)
+    log_dir = args.log_dir or (args.out.parent / "serving-logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    old = rio.load_json(paths["json"]) or {}
+    doc: Dict[str, Any] = {"device": name, "gpu": slug}
+    doc.update(rio.stamp())
+    doc["runs"] = list(old.get("runs", [])) + [{"started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                 "argv": sys.argv[1:], "commit": doc["commit"], "dirty": doc["dirty"]}]
+    doc["rows"] = list(old.get("rows", []))
+    done = set() if args.no_resume else sr.done_points(doc["rows"])
+    print(f"serving_bench on {name}; results {paths['json']}; logs {log_dir}")
+    servers, total = plan_summary(args, done)
+    print(f"estimate ~{total / 60:.1f} min" + (f"; deadline {args.deadline_s:.0f} s" if args.deadline_s else ""),
+          flush=True)
+    env = server_env()
+
+    def left() -> float:
+        return (args.deadline_s - (time.time() - t_start)) if args.deadline_s else float("inf")
+
+    def save(png: bool = False) -> Optional[str]:
+        doc["runs"][-1]["wall_s"] = round(time.time() - t_start, 1)
+        return write_outputs(doc, paths, png=png)
+
+    def record(rows: List[Dict[str, Any]]) -> None:
+        doc["rows"] = rio.merge_rows(doc["rows"], rows, sr.point_key)
+        save()
+
+    stopped = None
+    for server in servers:
+        todo = sr.pending(server, args.workload_list, done)
+        if not todo:
+            continue
+        tag = f"{server.model}/{server.backend}"
+        why = backend_unavailable(server.backend)
+        if why:
+            print(f"[{tag}] skipped: {why}", flush=True)
+            record([sr.make_row(server, w, sr.num_prompts_for(w, args.num_prompts), [], skipped=why) for w in todo])
+            continue
+        first = sr.estimate_server_s(server, todo[:1], args.repeats, args.num_prompts)
+        if left() < first:
+            stopped = f"deadline: not enough time left ({left():.0f} s) to start {tag} (~{first:.0f} s)"
+            break
+        model_dir = ensure_model(server.model, args.model_root)
+        port = free_port()
+        attn = args.backend_args.get(server.backend, server.backend)
+        stem = f"{server.model}-{server.backend}-p{server.page_size}-{server.kv_dtype}"
+        srv = ServerProcess(server_cmd(server, model_dir, port, args), port, log_dir / f"server-{stem}.log", env)
+        print(f"[{tag}] starting: {' '.join(srv.cmd[1:])}", flush=True)
+        t0 = time.time()
+        srv.start()
+        driver = None
+        try:
+            ok, msg = srv.wait_healthy(min(args.server_timeout_s, max(left(), 1.0)))
+            print(f"[{tag}] {msg} ({time.time() - t0:.0f} s)", flush=True)
+            if not ok:
+                if "no /health" in msg and left() < args.server_timeout_s:
+                    stopped = f"deadline while starting {tag}"
+                    break
+                record([sr.make_row(server, w, sr.num_prompts_for(w, args.num_prompts), [], attention_backend=attn,
+                                    skipped=f"server failed to start: {msg}") for w in todo])
+                continue
+            fb = fallback_line(srv.log_text()) if server.backend == "kvprefetch" else None
+            if fb:
+                print(f"[{tag}] kvprefetch FELL BACK: {fb}", flush=True)
+                record([sr.make_row(server, w, sr.num_prompts_for(w, args.num_prompts), [], attention_backend=attn,
+                                    skipped=f"kvprefetch fell back to Triton: {fb}") for w in todo])
+                continue
+            client_log = log_dir / f"client-{stem}.log"
+            if args.client_mode == "batched":
+                driver = ClientDriver(client_log, env)
+                ok, msg = driver.ready()
+                if not ok:
+                    print(f"[{tag}] batched client failed to start ({msg}); using one process per run", flush=True)
+                    driver.close()
+                    driver = None
+            for w in todo:
+                n = sr.num_prompts_for(w, args.num_prompts)
+                est = sr.estimate_point_s(server.model, w, n, args.repeats)
+                if left() < est:
+                    stopped = f"deadline: {left():.0f} s left, next point {w.label()} needs ~{est:.0f} s"
+                    break
+                runs, errors = [], []
+                t_p = time.time()
+                for rep in range(args.repeats):
+                    out_file = log_dir / f"bench-{stem}-{w.input_len}-{w.output_len}-{w.max_concurrency}-r{rep}.jsonl"
+                    if out_file.exists():
+                        out_file.unlink()
+                    argv = client_argv(w, model_dir, port, n, args.seed + rep, out_file, 1 if rep == 0 else 0)
+                    timeout = 3 * est / args.repeats + 180
+                    if driver is not None and driver.alive():
+                        ok, msg = driver.run(argv, timeout)
+                    else:
+                        ok, msg = run_client_once(argv, client_log, timeout, env)
+                    res = read_result(out_file) if ok else None
+                    if res is None:
+                        errors.append(msg or "no result line")
+                        if not srv.healthy():
+                            break
+                        continue
+                    runs.append(res)
+                if runs:
+                    row = sr.make_row(server, w, n, runs, attention_backend=attn,
+                                      note=("; ".join(errors)[:200] if errors else None))
+                    print(f"[{tag}] {w.label()}: {row['output_tok_s']:.1f} tok/s, TPOT p50 {row['tpot_ms_p50']:.2f} ms "
+                          f"(spread {100 * (row['tpot_spread'] or 0):.1f}%), TTFT p50 {row['ttft_ms_p50']:.0f} ms, "
+                          f"{len(runs)} run(s) in {time.time() - t_p:.0f} s", flush=True)
+                else:
+                    row = sr.make_row(server, w, n, [], attention_backend=attn,
+                                      skipped=f"no run completed: {'; '.join(errors)[:300]}")
+                    print(f"[{tag}] {w.label()}: FAILED {row['skipped']}", flush=True)
+                record([row])
+                if not srv.healthy():
+                    print(f"[{tag}] server no longer healthy: {srv.log_tail()}", flush=True)
+                    break
+        finally:
+            if driver is not None:
+                driver.close()
+            srv.stop()
+            print(f"[{tag}] stopped; {time.time() - t_start:.0f} s elapsed", flush=True)
+        if stopped:
+            break
+
+    doc["runs"][-1]["stopped"] = stopped
+    why = save(png=True)
+    print(f"wrote {paths['json']} and {paths['md']}" + (f"; no png ({why})" if why else f" and {paths['png']}"))
+    if stopped:
+        print(f"STOPPED: {stopped}. Rerun the same command to continue (finished points are kept).")
+    print(f"wall time {time.time() - t_start:.0f} s")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.render_only:
+        return render_only(args)
+    if args.dry_run:
+        return dry_run(args)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

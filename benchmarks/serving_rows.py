@@ -1,0 +1,210 @@
+"""Serving-benchmark plan and rows: workloads, which (model, backend) servers and points to run (shards,
+resume), how per-repeat results of SGLang's bench_serving become one row, speedups, a time estimate.
+Pure Python (no torch, no sglang)."""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+MODELS = ("llama-3.1-8b", "llama-3.2-1b")
+BACKENDS = ("kvprefetch", "fa3", "flashinfer", "triton")
+# (input_len, output_len, max_concurrency)
+WORKLOADS: Tuple[Tuple[int, int, int], ...] = (
+    (8192, 256, 1), (8192, 256, 8), (16384, 256, 1), (16384, 256, 8), (1024, 128, 64),
+)
+MIN_PROMPTS = 16
+
+POINT_FIELDS = ("model", "backend", "page_size", "kv_dtype", "input_len", "output_len", "max_concurrency")
+ROW_FIELDS = POINT_FIELDS + (
+    "num_prompts", "repeats", "output_tok_s", "output_tok_s_min", "output_tok_s_max", "tpot_ms_p50", "tpot_ms_p99",
+    "ttft_ms_p50", "tpot_spread", "output_tok_s_spread", "completed", "runs", "attention_backend",
+    "speedup_vs_fa3", "best_other", "speedup_vs_best_other", "skipped", "note",
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    input_len: int
+    output_len: int
+    max_concurrency: int
+
+    def label(self) -> str:
+        return f"{_tok(self.input_len)} in / {_tok(self.output_len)} out, conc {self.max_concurrency}"
+
+
+def _tok(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def parse_workloads(spec: Optional[str]) -> List[Workload]:
+    """'8192:256:1,1024:128:64' (also '8K:256:1') -> workloads; None -> the default set."""
+    if not spec:
+        return [Workload(*w) for w in WORKLOADS]
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        fields = part.split(":")
+        if len(fields) != 3:
+            raise ValueError(f"workload {part!r}: expected INPUT:OUTPUT:CONCURRENCY")
+        vals = []
+        for f in fields:
+            f = f.strip().upper()
+            mult = 1024 if f.endswith("K") else 1
+            vals.append(int(f[:-1] if mult > 1 else f) * mult)
+        if min(vals) <= 0:
+            raise ValueError(f"workload {part!r}: values must be positive")
+        out.append(Workload(*vals))
+    return out
+
+
+def num_prompts_for(w: Workload, override: Optional[int] = None) -> int:
+    """At least MIN_PROMPTS, and at least two full waves of the concurrency."""
+    if override:
+        return max(override, 1)
+    return max(MIN_PROMPTS, 2 * w.max_concurrency)
+
+
+def kv_dtype_label(kv_cache_dtype: str) -> str:
+    return {"auto": "bf16", "bfloat16": "bf16", "fp8_e4m3": "fp8_e4m3"}.get(kv_cache_dtype, kv_cache_dtype)
+
+
+def point_key(r: Dict[str, Any]) -> Tuple:
+    return tuple(r.get(f) for f in POINT_FIELDS)
+
+
+@dataclass(frozen=True)
+class Server:
+    model: str
+    backend: str
+    page_size: int
+    kv_dtype: str
+
+    def point(self, w: Workload) -> Dict[str, Any]:
+        return {"model": self.model, "backend": self.backend, "page_size": self.page_size, "kv_dtype": self.kv_dtype,
+                "input_len": w.input_len, "output_len": w.output_len, "max_concurrency": w.max_concurrency}
+
+
+def plan_servers(models: Sequence[str], backends: Sequence[str], page_size: int, kv_dtype: str,
+                 shard: Tuple[int, int] = (0, 1)) -> List[Server]:
+    """Servers (model x backend) in a fixed order; shard (i, n) keeps every n-th starting at i."""
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard {i}/{n}: need 0 <= i < n")
+    all_servers = [Server(m, b, page_size, kv_dtype) for m in models for b in backends]
+    return [s for k, s in enumerate(all_servers) if k % n == i]
+
+
+def parse_shard(spec: Optional[str]) -> Tuple[int, int]:
+    if not spec:
+        return (0, 1)
+    a, _, b = spec.partition("/")
+    return int(a), int(b)
+
+
+def done_points(rows: Iterable[Dict[str, Any]]) -> set:
+    """Points already measured (rows that ran). Skipped rows are retried."""
+    return {point_key(r) for r in rows if not r.get("skipped") and r.get("output_tok_s")}
+
+
+def pending(server: Server, workloads: Sequence[Workload], done: set) -> List[Workload]:
+    return [w for w in workloads if point_key(server.point(w)) not in done]
+
+
+def _spread(xs: Sequence[float]) -> Optional[float]:
+    xs = [x for x in xs if x is not None]
+    if len(xs) < 2:
+        return 0.0 if xs else None
+    med = statistics.median(xs)
+    return (max(xs) - min(xs)) / med if med else None
+
+
+def _median(xs: Sequence[Optional[float]]) -> Optional[float]:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+RUN_KEYS = ("output_throughput", "median_tpot_ms", "p99_tpot_ms", "median_ttft_ms", "mean_tpot_ms", "completed",
+            "duration", "total_output_tokens", "total_input_tokens", "request_throughput", "median_itl_ms")
+
+
+def make_row(server: Server, w: Workload, num_prompts: int, runs: Sequence[Dict[str, Any]],
+             attention_backend: Optional[str] = None, skipped: Optional[str] = None,
+             note: Optional[str] = None) -> Dict[str, Any]:
+    """One point from its repeats' bench_serving results (the JSON line it writes per run).
+    output_tok_s / tpot / ttft: medians over repeats (tpot_ms_p50 = median of the runs' median TPOT,
+    tpot_ms_p99 = median of the runs' p99 TPOT); *_spread = (max - min) / median over repeats."""
+    r: Dict[str, Any] = {f: None for f in ROW_FIELDS}
+    r.update(server.point(w))
+    r.update(num_prompts=num_prompts, repeats=len(runs), attention_backend=attention_backend, note=note,
+             runs=[{k: run.get(k) for k in RUN_KEYS} for run in runs])
+    if skipped is not None:
+        r["skipped"] = str(skipped)[:500] or "skipped"
+        return r
+    if not runs:
+        raise ValueError("a row that ran needs at least one run")
+    tok = [run.get("output_throughput") for run in runs]
+    tpot = [run.get("median_tpot_ms") for run in runs]
+    r.update(
+        output_tok_s=_median(tok),
+        output_tok_s_min=min(x for x in tok if x is not None) if any(x is not None for x in tok) else None,
+        output_tok_s_max=max(x for x in tok if x is not None) if any(x is not None for x in tok) else None,
+        tpot_ms_p50=_median(tpot),
+        tpot_ms_p99=_median([run.get("p99_tpot_ms") for run in runs]),
+        ttft_ms_p50=_median([run.get("median_ttft_ms") for run in runs]),
+        tpot_spread=_spread(tpot),
+        output_tok_s_spread=_spread(tok),
+        completed=min(int(run.get("completed") or 0) for run in runs),
+    )
+    if r["completed"] < num_prompts:
+        r["note"] = ((note + "; ") if note else "") + f"only {r['completed']}/{num_prompts} requests completed"
+    return r
+
+
+def derive(rows: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """speedup_vs_fa3 = tok/s / fa3's tok/s; best_other = the fastest OTHER backend on the same
+    (model, page, kv dtype, workload); speedup_vs_best_other = tok/s / its tok/s."""
+    rows = [dict(r) for r in rows]
+    groups: Dict[Tuple, List[Dict[str, Any]]] = {}
+    for r in rows:
+        k = tuple(r.get(f) for f in POINT_FIELDS if f != "backend")
+        groups.setdefault(k, []).append(r)
+    for members in groups.values():
+        ok = [m for m in members if not m.get("skipped") and m.get("output_tok_s")]
+        fa3 = next((m for m in ok if m["backend"] == "fa3"), None)
+        for r in members:
+            r["speedup_vs_fa3"] = r["best_other"] = r["speedup_vs_best_other"] = None
+            if r not in ok:
+                continue
+            if fa3 is not None and fa3 is not r:
+                r["speedup_vs_fa3"] = r["output_tok_s"] / fa3["output_tok_s"]
+            others = [m for m in ok if m is not r]
+            if others:
+                best = max(others, key=lambda m: m["output_tok_s"])
+                r["best_other"] = best["backend"]
+                r["speedup_vs_best_other"] = r["output_tok_s"] / best["output_tok_s"]
+    return rows
+
+
+# ---- time estimate (H100, dummy weights; rough, for planning a 10-minute job) ------------------------
+PREFILL_TOK_S = {"llama-3.1-8b": 11000.0, "llama-3.2-1b": 45000.0}
+DECODE_STEP_S = {"llama-3.1-8b": 0.0075, "llama-3.2-1b": 0.0030}   # at concurrency 1; grows with batch*ctx
+SERVER_START_S = {"kvprefetch": 110.0, "fa3": 75.0, "flashinfer": 90.0, "triton": 100.0}
+CLIENT_OVERHEAD_S = 3.0
+
+
+def estimate_point_s(model: str, w: Workload, num_prompts: int, repeats: int) -> float:
+    prefill = PREFILL_TOK_S.get(model, 11000.0)
+    step = DECODE_STEP_S.get(model, 0.0075) * (1.0 + 0.04 * w.max_concurrency * w.input_len / 8192)
+    waves = -(-num_prompts // w.max_concurrency)
+    one = num_prompts * w.input_len / prefill + waves * w.output_len * step
+    warm = w.input_len / prefill + w.output_len * step
+    return repeats * (one + CLIENT_OVERHEAD_S) + warm
+
+
+def estimate_server_s(server: Server, workloads: Sequence[Workload], repeats: int,
+                      prompts_override: Optional[int] = None) -> float:
+    return SERVER_START_S.get(server.backend, 100.0) + 10.0 + sum(
+        estimate_point_s(server.model, w, num_prompts_for(w, prompts_override), repeats) for w in workloads)

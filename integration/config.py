@@ -1,0 +1,99 @@
+"""Environment knobs of the kvprefetch SGLang backend, read in one place.
+
+Parsed the way SGLang parses its own ``SGLANG_*`` variables (``sglang.srt.environ``):
+booleans accept ``1/true/yes/y/on`` and ``0/false/no/n/off`` in any case, an empty value
+means "not set", and an invalid value is reported and replaced by the default
+rather than taking the server down.
+
+==============================  =========  ================================================
+variable                        default    meaning
+==============================  =========  ================================================
+``KVPREFETCH_PREFETCH_DISTANCE``  unset    L2 prefetch distance in KV tiles of 64 tokens
+                                           (int 0..8; 0 turns prefetch off). Unset: the
+                                           kernel layer's tuned default.
+``KVPREFETCH_DISABLE``          ``0``      ``1``: do not use the kvprefetch decode kernel;
+                                           SGLang's Triton attention backend serves
+                                           instead (logged at start-up).
+``KVPREFETCH_VALIDATE``         ``0``      ``1``: kernel validation mode. Read and applied
+                                           by ``kvprefetch.jit_kernels`` itself; the
+                                           backend only reports it in its start-up log.
+==============================  =========  ================================================
+
+This module imports neither torch nor sglang.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Tuple
+
+ENV_PREFETCH_DISTANCE = "KVPREFETCH_PREFETCH_DISTANCE"
+ENV_DISABLE = "KVPREFETCH_DISABLE"
+ENV_VALIDATE = "KVPREFETCH_VALIDATE"
+
+_TRUE = ("1", "true", "yes", "y", "on")
+_FALSE = ("0", "false", "no", "n", "off")
+# The range kvprefetch.jit_kernels accepts for prefetch_distance (its constructor's contract).
+MAX_PREFETCH_DISTANCE = 8
+
+
+@dataclass(frozen=True)
+class KvPrefetchConfig:
+    """The parsed knobs. ``warnings`` lists values that were invalid and ignored."""
+
+    prefetch_distance: Optional[int] = None
+    disable: bool = False
+    validate: bool = False
+    warnings: Tuple[str, ...] = field(default=(), compare=False)
+
+    def describe(self) -> str:
+        dist = "kernel default" if self.prefetch_distance is None else str(self.prefetch_distance)
+        return (
+            f"prefetch_distance={dist} ({ENV_PREFETCH_DISTANCE}), "
+            f"disable={int(self.disable)} ({ENV_DISABLE}), "
+            f"validate={int(self.validate)} ({ENV_VALIDATE})"
+        )
+
+
+def parse_bool(name: str, raw: Optional[str], default: bool, warnings: list) -> bool:
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    warnings.append(
+        f'invalid value for {name}: "{raw}" is not a boolean (use 1/0, true/false, yes/no, on/off); '
+        f"using default {int(default)}"
+    )
+    return default
+
+
+def parse_distance(name: str, raw: Optional[str], warnings: list) -> Optional[int]:
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw.strip(), 10)
+    except ValueError:
+        warnings.append(f'invalid value for {name}: "{raw}" is not an integer; using the kernel default')
+        return None
+    if not 0 <= value <= MAX_PREFETCH_DISTANCE:
+        warnings.append(
+            f"invalid value for {name}: {value} is outside 0..{MAX_PREFETCH_DISTANCE}; using the kernel default"
+        )
+        return None
+    return value
+
+
+def load_config(environ: Optional[Mapping[str, str]] = None) -> KvPrefetchConfig:
+    """Read the knobs from ``environ`` (default: ``os.environ``)."""
+    env = os.environ if environ is None else environ
+    warnings: list = []
+    distance = parse_distance(ENV_PREFETCH_DISTANCE, env.get(ENV_PREFETCH_DISTANCE), warnings)
+    disable = parse_bool(ENV_DISABLE, env.get(ENV_DISABLE), False, warnings)
+    validate = parse_bool(ENV_VALIDATE, env.get(ENV_VALIDATE), False, warnings)
+    return KvPrefetchConfig(
+        prefetch_distance=distance, disable=disable, validate=validate, warnings=tuple(warnings)
+    )

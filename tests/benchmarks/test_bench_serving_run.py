@@ -1,0 +1,296 @@
+"""serving_bench on a CPU: the command lines it builds, its server/client process handling (with a fake
+HTTP server and a fake `sglang.benchmark.serving`), and run() end to end with fake servers: rows, skips,
+resume, the kvprefetch fall-back guard, the deadline."""
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import results_io as rio
+import serving_bench as sb
+import serving_rows as sr
+
+
+def parse(*argv):
+    return sb.parse_args(list(argv))
+
+
+# ------------------------------------------------------------------ command lines
+
+def test_server_cmd_flags(tmp_path):
+    args = parse("--page-size", "16", "--server-args=--enable-foo --bar 3")
+    cmd = sb.server_cmd(sr.Server("llama-3.1-8b", "kvprefetch", 16, "bf16"), tmp_path, 31000, args)
+    assert cmd[1:3] == ["-m", "sglang.launch_server"]
+    s = " ".join(cmd)
+    for flag in ("--load-format dummy", "--attention-backend kvprefetch", "--port 31000", "--host 127.0.0.1",
+                 "--mem-fraction-static 0.8", "--cuda-graph-max-bs-decode 64", "--cuda-graph-backend-prefill disabled",
+                 "--disable-radix-cache", "--page-size 16", "--kv-cache-dtype auto", f"--model-path {tmp_path}"):
+        assert flag in s, flag
+    assert cmd[-3:] == ["--enable-foo", "--bar", "3"]
+    args = parse("--backend-name", "kvprefetch=kvp2", "--workloads", "1K:16:4")
+    cmd = " ".join(sb.server_cmd(sr.Server("m", "kvprefetch", 1, "bf16"), tmp_path, 1, args))
+    assert "--attention-backend kvp2" in cmd and "--cuda-graph-max-bs-decode 8" in cmd
+
+
+def test_client_argv_flags(tmp_path):
+    argv = sb.client_argv(sr.Workload(8192, 256, 8), tmp_path, 31000, 16, 7, tmp_path / "o.jsonl", 1)
+    s = " ".join(argv)
+    for flag in ("--backend sglang", "--dataset-name random-ids", "--random-input-len 8192",
+                 "--random-output-len 256", "--random-range-ratio 1.0", "--tokenize-prompt", "--num-prompts 16",
+                 "--max-concurrency 8", "--seed 7", f"--tokenizer {tmp_path}", f"--model {tmp_path}",
+                 "--port 31000", "--warmup-requests 1", f"--output-file {tmp_path / 'o.jsonl'}"):
+        assert flag in s, flag
+
+
+def test_cli_validation():
+    with pytest.raises(SystemExit):
+        parse("--backends", "nope")
+    with pytest.raises(SystemExit):
+        parse("--models", "llama-70b")
+    a = parse("--backends", "mine", "--backend-name", "mine=my_attn", "--shard", "1/2", "--workloads", "1K:8:2")
+    assert a.backend_args == {"mine": "my_attn"} and a.shard_tuple == (1, 2)
+    assert a.workload_list == [sr.Workload(1024, 8, 2)]
+
+
+def test_wait_gpu_idle_without_nvidia_smi(monkeypatch):
+    monkeypatch.setattr(sb, "gpu_memory_used_mib", lambda: None)
+    monkeypatch.setattr(sb.time, "sleep", lambda s: None)
+    sb.wait_gpu_idle()
+    seq = iter([9000, 9000, 100])
+    monkeypatch.setattr(sb, "gpu_memory_used_mib", lambda: next(seq))
+    sb.wait_gpu_idle()
+
+
+def test_read_result_and_fallback(tmp_path):
+    f = tmp_path / "r.jsonl"
+    assert sb.read_result(f) is None
+    f.write_text(json.dumps({"output_throughput": 1.0}) + "\nnot json\n" + json.dumps({"output_throughput": 2.0}) + "\n")
+    assert sb.read_result(f)["output_throughput"] == 2.0
+    log = "INFO start\nWARNING kvprefetch: no nvcc\n  -> falling back to SGLang's Triton attention backend\n"
+    assert "falling back" in sb.fallback_line(log)
+    assert sb.fallback_line("all good") is None
+
+
+def test_backend_unavailable_checks_plugin_and_fa3(monkeypatch):
+    from importlib import metadata
+
+    monkeypatch.setattr(metadata, "entry_points", lambda group=None: [])
+    assert "plugin not installed" in sb.backend_unavailable("kvprefetch")
+    assert sb.backend_unavailable("triton") is None
+    monkeypatch.setattr(sb.importlib.util, "find_spec", lambda name: None)
+    assert sb.backend_unavailable("fa3") == "sgl_kernel not installed"
+
+
+# ------------------------------------------------------------------ real child processes, fake programs
+
+FAKE_SERVER = textwrap.dedent("""
+    import sys, time, http.server
+    port = int(sys.argv[1]); delay = float(sys.argv[2])
+    t0 = time.time()
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.path == "/health" and time.time() - t0 > delay
+            self.send_response(200 if ok else 503); self.end_headers(); self.wfile.write(b"ok")
+        def log_message(self, *a):
+            pass
+    print("fake server up", flush=True)
+    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+""")
+
+
+def test_server_process_lifecycle(tmp_path, monkeypatch):
+    monkeypatch.setattr(sb, "wait_gpu_idle", lambda: None)
+    script = tmp_path / "fake_server.py"
+    script.write_text(FAKE_SERVER)
+    port = sb.free_port()
+    srv = sb.ServerProcess([sys.executable, str(script), str(port), "0.5"], port, tmp_path / "s.log")
+    srv.start()
+    try:
+        ok, msg = srv.wait_healthy(30, poll_s=0.2)
+        assert ok, msg
+    finally:
+        srv.stop(timeout_s=10)
+    assert srv.proc.poll() is not None and not srv.healthy()
+    assert "fake server up" in srv.log_text()
+
+
+def test_server_process_reports_early_exit(tmp_path, monkeypatch):
+    monkeypatch.setattr(sb, "wait_gpu_idle", lambda: None)
+    srv = sb.ServerProcess([sys.executable, "-c", "import sys; print('boom: bad flag'); sys.exit(3)"], sb.free_port(),
+                           tmp_path / "s.log")
+    srv.start()
+    ok, msg = srv.wait_healthy(30, poll_s=0.2)
+    srv.stop(timeout_s=5)
+    assert not ok and "code 3" in msg and "boom" in msg
+
+
+FAKE_SERVING = textwrap.dedent("""
+    import json, sys
+    def cli_main():
+        a = sys.argv[1:]
+        get = lambda k: a[a.index(k) + 1]
+        if get("--seed") == "99":
+            raise RuntimeError("server said no")
+        n = int(get("--num-prompts"))
+        with open(get("--output-file"), "a") as f:
+            f.write(json.dumps({"output_throughput": 100.0 + int(get("--seed")), "median_tpot_ms": 5.0,
+                                "p99_tpot_ms": 6.0, "median_ttft_ms": 50.0, "completed": n}) + "\\n")
+""")
+
+
+def fake_sglang(root: Path) -> Path:
+    (root / "sglang" / "benchmark").mkdir(parents=True)
+    (root / "sglang" / "__init__.py").write_text("")
+    (root / "sglang" / "benchmark" / "__init__.py").write_text("")
+    (root / "sglang" / "benchmark" / "serving.py").write_text(FAKE_SERVING)
+    return root
+
+
+def test_client_driver_runs_jobs_in_one_process(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(fake_sglang(tmp_path / "fake")))
+    d = sb.ClientDriver(tmp_path / "client.log", env)
+    try:
+        assert d.ready(60)[0]
+        w = sr.Workload(1024, 8, 2)
+        out1, out2 = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+        ok, _ = d.run(sb.client_argv(w, tmp_path, 1, 16, 1, out1, 1), 60)
+        assert ok and sb.read_result(out1)["output_throughput"] == 101.0
+        ok, why = d.run(sb.client_argv(w, tmp_path, 1, 16, 99, out2, 0), 60)
+        assert not ok and "server said no" in why and sb.read_result(out2) is None
+        ok, _ = d.run(sb.client_argv(w, tmp_path, 1, 16, 2, out2, 0), 60)     # still alive after a failure
+        assert ok and sb.read_result(out2)["output_throughput"] == 102.0
+    finally:
+        d.close()
+    assert not d.alive()
+
+
+def test_run_client_once(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(fake_sglang(tmp_path / "fake")))
+    # `python -m sglang.benchmark.serving` needs a __main__ hook in the fake
+    p = tmp_path / "fake" / "sglang" / "benchmark" / "serving.py"
+    p.write_text(p.read_text() + "\nif __name__ == '__main__':\n    cli_main()\n")
+    out = tmp_path / "o.jsonl"
+    ok, _ = sb.run_client_once(sb.client_argv(sr.Workload(1024, 8, 2), tmp_path, 1, 16, 3, out, 1),
+                               tmp_path / "c.log", 60, env)
+    assert ok and sb.read_result(out)["output_throughput"] == 103.0
+
+
+# ------------------------------------------------------------------ run() with fake servers
+
+class FakeServer:
+    started = []
+    fallback_for = set()
+
+    def __init__(self, cmd, port, log_path, env=None):
+        self.cmd = cmd
+        self.backend = cmd[cmd.index("--attention-backend") + 1]
+
+    def start(self):
+        FakeServer.started.append(self.backend)
+
+    def wait_healthy(self, timeout_s, poll_s=2.0):
+        return True, "healthy after 0 s"
+
+    def healthy(self):
+        return True
+
+    def log_text(self):
+        return "-> falling back to SGLang's Triton attention backend" if self.backend in self.fallback_for else ""
+
+    def log_tail(self, n=3):
+        return ""
+
+    def stop(self, timeout_s=60.0):
+        pass
+
+
+class FakeDriver:
+    def __init__(self, log_path, env=None):
+        pass
+
+    def ready(self, timeout_s=180.0):
+        return True, ""
+
+    def alive(self):
+        return True
+
+    def run(self, argv, timeout_s):
+        get = lambda k: argv[argv.index(k) + 1]  # noqa: E731
+        with open(get("--output-file"), "a") as f:
+            f.write(json.dumps({"output_throughput": 1000.0 / int(get("--random-input-len")) * 8192,
+                                "median_tpot_ms": 7.0, "p99_tpot_ms": 8.0, "median_ttft_ms": 400.0,
+                                "completed": int(get("--num-prompts"))}) + "\n")
+        return True, ""
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake_run(monkeypatch, tmp_path):
+    FakeServer.started = []
+    FakeServer.fallback_for = set()
+    monkeypatch.setattr(sb, "ServerProcess", FakeServer)
+    monkeypatch.setattr(sb, "ClientDriver", FakeDriver)
+    monkeypatch.setattr(sb, "gpu_name", lambda: "NVIDIA H200")
+    monkeypatch.setattr(sb, "backend_unavailable", lambda b: "FA3 not staged (x)" if b == "fa3" else None)
+    monkeypatch.setattr(sb, "ensure_model", lambda shape, root: tmp_path / "models" / shape)
+    monkeypatch.setattr(sb, "free_port", lambda: 30001)
+    monkeypatch.setenv("KVPREFETCH_COMMIT", "feed")
+    monkeypatch.setenv("KVPREFETCH_DIRTY", "1")
+    return tmp_path
+
+
+def test_run_end_to_end_and_resume(fake_run, capsys):
+    out = fake_run / "results"
+    argv = ["--out", str(out), "--log-dir", str(fake_run / "logs"), "--repeats", "2"]
+    assert sb.main(argv) == 0
+    doc = rio.load_json(out / "serving-h200.json")
+    assert (out / "serving-h200.md").exists()
+    assert doc["device"] == "NVIDIA H200" and doc["commit"] == "feed" and doc["dirty"] is True
+    rows = doc["rows"]
+    assert len(rows) == 2 * 4 * 5
+    ran = [r for r in rows if not r["skipped"]]
+    assert len(ran) == 2 * 3 * 5 and all(r["repeats"] == 2 and r["output_tok_s"] > 0 for r in ran)
+    assert {r["skipped"] for r in rows if r["skipped"]} == {"FA3 not staged (x)"}
+    for r in rows:
+        assert set(sr.ROW_FIELDS) <= set(r)
+    assert FakeServer.started == ["kvprefetch", "flashinfer", "triton"] * 2
+    # resume: nothing left to run except the skipped fa3 points, whose backend is still unavailable
+    FakeServer.started = []
+    assert sb.main(argv) == 0
+    assert FakeServer.started == []
+    doc2 = rio.load_json(out / "serving-h200.json")
+    assert len(doc2["rows"]) == 40 and len(doc2["runs"]) == 2
+    # --no-resume re-measures
+    assert sb.main(argv + ["--no-resume", "--models", "llama-3.2-1b", "--backends", "triton"]) == 0
+    assert FakeServer.started == ["triton"]
+
+
+def test_kvprefetch_fallback_is_not_measured(fake_run):
+    FakeServer.fallback_for = {"kvprefetch"}
+    out = fake_run / "results"
+    assert sb.main(["--out", str(out), "--log-dir", str(fake_run / "logs"), "--backends", "kvprefetch",
+                    "--models", "llama-3.2-1b", "--repeats", "1"]) == 0
+    rows = rio.load_json(out / "serving-h200.json")["rows"]
+    assert len(rows) == 5 and all(r["skipped"].startswith("kvprefetch fell back to Triton") for r in rows)
+
+
+def test_deadline_stops_before_starting_a_server(fake_run, capsys):
+    out = fake_run / "results"
+    assert sb.main(["--out", str(out), "--log-dir", str(fake_run / "logs"), "--deadline-s", "30"]) == 0
+    assert FakeServer.started == []
+    assert "STOPPED" in capsys.readouterr().out
+
+
+def test_shards_partition_servers(fake_run):
+    out = fake_run / "results"
+    base = ["--out", str(out), "--log-dir", str(fake_run / "logs"), "--repeats", "1", "--workloads", "1K:8:2"]
+    for i in range(3):
+        assert sb.main(base + ["--shard", f"{i}/3"]) == 0
+    rows = rio.load_json(out / "serving-h200.json")["rows"]
+    assert len(rows) == 8 and len({sr.point_key(r) for r in rows}) == 8
+    assert sorted(FakeServer.started) == sorted(["kvprefetch", "flashinfer", "triton"] * 2)
