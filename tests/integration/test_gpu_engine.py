@@ -24,7 +24,8 @@ proved too tight for two correct kernels; a wrong page, stale KV or wrong scale 
 by whole nats (the weights give peaked distributions: see the first test), far outside 2x the
 stock spread. Greedy paths may part at a near-tie; there the test checks, in the reference's
 own top-5, that the token we picked is within 0.1 nats of the reference's pick, and stops
-comparing that request.
+comparing that request. Measured on an H100 (9e0f167): Triton and FlashInfer themselves part at
+gaps of 0.125 and 0.375 nats, so the near-tie bound is the calibrated max bound too.
 """
 
 import json
@@ -95,17 +96,20 @@ def assert_kvprefetch_served(log, graphs=True):
         assert "CUDA-graph decode metadata" in log, log[-4000:]
 
 
-def compare(ref, got, *, min_fraction=0.5, bound=None):
-    """(max, mean) |delta logprob| over the shared greedy prefix; asserted against ``bound``."""
+def compare(ref, got, *, min_fraction=0.5, bound=None, tie=TIE_NATS):
+    """(max, mean) |delta logprob| over the shared greedy prefix; asserted against ``bound``.
+    Where the greedy paths part, the pick must be a near-tie (within ``tie`` nats) in the
+    reference's top-5; ``tie=None`` only records the parting (used for calibration)."""
     diffs, parted = [], 0
     total = sum(len(r["ids"]) for r in ref["results"])
     for r, g in zip(ref["results"], got["results"], strict=True):
         assert len(g["ids"]) == len(r["ids"])
         for i, (a, b) in enumerate(zip(r["ids"], g["ids"])):
             if a != b:
-                top = {int(tid): lp for lp, tid in r["top"][i]}
-                assert b in top, f"step {i}: kvprefetch picked {b}, not in the reference's top-5 {top}"
-                assert top[a] - top[b] <= TIE_NATS, f"step {i}: not a near-tie ({top[a]} vs {top[b]})"
+                if tie is not None:
+                    top = {int(tid): lp for lp, tid in r["top"][i]}
+                    assert b in top, f"step {i}: picked {b}, not in the reference's top-5 {top}"
+                    assert top[a] - top[b] <= tie, f"step {i}: not a near-tie ({top[a]} vs {top[b]}; tie {tie:.3f})"
                 parted += 1
                 break
             diffs.append(abs(r["lp"][i] - g["lp"][i]))
@@ -121,7 +125,7 @@ def stock_bound(model, tmp, **opts):
     """The tolerance from two stock backends' own disagreement on the same prompts and options."""
     ref, _ = run_engine(model, tmp, attention_backend="flashinfer", **opts)
     tri, _ = run_engine(model, tmp, attention_backend="triton", **opts)
-    tmx, tmean = compare(ref, tri)
+    tmx, tmean = compare(ref, tri, tie=None)
     return ref, (2 * tmx + MAX_SLACK_NATS, 2 * tmean + MEAN_SLACK_NATS), (tmx, tmean)
 
 
@@ -146,7 +150,7 @@ def test_logprobs_match_flashinfer(tiny_model, tmp_path_factory, opts):
     ref, bound, stock = stock_bound(tiny_model, tmp, **ref_opts)
     got, log = run_engine(tiny_model, tmp, attention_backend="kvprefetch", **opts)
     assert_kvprefetch_served(log, graphs=not opts.get("no_cuda_graph"))
-    mx, mean = compare(ref, got, bound=bound)
+    mx, mean = compare(ref, got, bound=bound, tie=bound[0])
     print(f"{opts}: kvprefetch vs flashinfer max |dlogprob| {mx:.4f}, mean {mean:.4f}; "
           f"triton vs flashinfer {stock[0]:.4f} / {stock[1]:.4f}")
 
@@ -178,7 +182,7 @@ def test_hybrid_with_fa3_prefill(tiny_model, tmp_path_factory):
     ref, _ = run_engine(tiny_model, tmp, attention_backend="fa3")
     got, log = run_engine(tiny_model, tmp, prefill_attention_backend="fa3", decode_attention_backend="kvprefetch")
     assert_kvprefetch_served(log)
-    compare(ref, got, bound=bound)
+    compare(ref, got, bound=bound, tie=bound[0])
 
 
 def test_llama8b_shape_dummy_weights_generates(llama8b_4l_dummy, tmp_path_factory):
