@@ -25,7 +25,9 @@ by whole nats (the weights give peaked distributions: see the first test), far o
 stock spread. Greedy paths may part at a near-tie; there the test checks, in the reference's
 own top-5, that the token we picked is within 0.1 nats of the reference's pick, and stops
 comparing that request. Measured on an H100 (9e0f167): Triton and FlashInfer themselves part at
-gaps of 0.125 and 0.375 nats, so the near-tie bound is the calibrated max bound too.
+gaps of 0.125 and 0.375 nats, so the near-tie bound is the calibrated max bound too; with fp8 KV
+they shared only 45 of 192 greedy tokens (8 of 8 requests parted), so kvprefetch must share at least
+half as many tokens as the stock pair did.
 """
 
 import json
@@ -96,7 +98,7 @@ def assert_kvprefetch_served(log, graphs=True):
         assert "CUDA-graph decode metadata" in log, log[-4000:]
 
 
-def compare(ref, got, *, min_fraction=0.5, bound=None, tie=TIE_NATS):
+def compare(ref, got, *, min_fraction=0.5, bound=None, tie=TIE_NATS, stats=None):
     """(max, mean) |delta logprob| over the shared greedy prefix; asserted against ``bound``.
     Where the greedy paths part, the pick must be a near-tie (within ``tie`` nats) in the
     reference's top-5; ``tie=None`` only records the parting (used for calibration)."""
@@ -113,6 +115,8 @@ def compare(ref, got, *, min_fraction=0.5, bound=None, tie=TIE_NATS):
                 parted += 1
                 break
             diffs.append(abs(r["lp"][i] - g["lp"][i]))
+    if stats is not None:
+        stats["fraction"] = len(diffs) / total
     assert len(diffs) >= min_fraction * total, f"only {len(diffs)}/{total} tokens compared ({parted} parted)"
     mx, mean = max(diffs), sum(diffs) / len(diffs)
     if bound is not None:
@@ -125,8 +129,10 @@ def stock_bound(model, tmp, **opts):
     """The tolerance from two stock backends' own disagreement on the same prompts and options."""
     ref, _ = run_engine(model, tmp, attention_backend="flashinfer", **opts)
     tri, _ = run_engine(model, tmp, attention_backend="triton", **opts)
-    tmx, tmean = compare(ref, tri, tie=None)
-    return ref, (2 * tmx + MAX_SLACK_NATS, 2 * tmean + MEAN_SLACK_NATS), (tmx, tmean)
+    stats = {}
+    tmx, tmean = compare(ref, tri, tie=None, min_fraction=0.0, stats=stats)
+    bound = (2 * tmx + MAX_SLACK_NATS, 2 * tmean + MEAN_SLACK_NATS)
+    return ref, bound, (tmx, tmean, stats["fraction"])
 
 
 def test_weights_make_the_comparison_meaningful(tiny_model, tmp_path_factory):
@@ -150,9 +156,10 @@ def test_logprobs_match_flashinfer(tiny_model, tmp_path_factory, opts):
     ref, bound, stock = stock_bound(tiny_model, tmp, **ref_opts)
     got, log = run_engine(tiny_model, tmp, attention_backend="kvprefetch", **opts)
     assert_kvprefetch_served(log, graphs=not opts.get("no_cuda_graph"))
-    mx, mean = compare(ref, got, bound=bound, tie=bound[0])
+    # compare at least half as many tokens as the stock pair shared (fp8 KV makes even those part early)
+    mx, mean = compare(ref, got, bound=bound, tie=bound[0], min_fraction=0.5 * stock[2])
     print(f"{opts}: kvprefetch vs flashinfer max |dlogprob| {mx:.4f}, mean {mean:.4f}; "
-          f"triton vs flashinfer {stock[0]:.4f} / {stock[1]:.4f}")
+          f"triton vs flashinfer {stock[0]:.4f} / {stock[1]:.4f} over {stock[2]:.0%} of the tokens")
 
 
 def test_hybrid_decode_half(tiny_model, tmp_path_factory):
