@@ -396,6 +396,12 @@ def render_only(args: argparse.Namespace) -> int:
         if doc is None:
             print(f"missing {j}")
             return 1
+        for r in doc.get("rows", []):  # summaries again from the stored runs (aggregation fixes apply)
+            if r.get("runs") and not r.get("skipped"):
+                base_note = (r.get("note") or "").split("; TPOT/TTFT from")[0] or None
+                sr.aggregate(r, r["runs"], r.get("num_prompts") or 0, base_note)
+        doc["rows"] = sr.derive(doc.get("rows", []))
+        rio.write_json(j, doc)
         why = write_outputs(doc, result_paths(args.out, j.stem[len("serving-"):]))
         print(f"wrote {j.with_suffix('.md')}" + (f"; no png: {why}" if why else f" and {j.with_suffix('.png')}"))
     return 0

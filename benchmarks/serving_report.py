@@ -47,20 +47,20 @@ def render_md(doc: Dict[str, Any]) -> str:
                                               order.get(r["backend"], 99))):
             w = _workload(r)
             if r.get("skipped"):
-                table.append([w.label(), r["backend"], "skip", "", "", "", "", "", "", r["skipped"][:120]])
+                table.append([w.label(), r["backend"], "skip", "", "", "", "", "", "", "", r["skipped"][:120]])
                 continue
             spread = r.get("output_tok_s_spread")
             table.append([w.label(), r["backend"], fmt_num(r.get("output_tok_s"), 1),
                           fmt_num(r.get("tpot_ms_p50"), 2), fmt_num(r.get("tpot_ms_p99"), 2),
-                          fmt_num(r.get("ttft_ms_p50"), 0),
+                          fmt_num(r.get("ttft_ms_p50"), 0), fmt_num(r.get("itl_ms_p50"), 3),
                           f"{100 * r['tpot_spread']:.1f}% / {100 * spread:.1f}%"
                           if r.get("tpot_spread") is not None and spread is not None else "—",
                           _x(r.get("speedup_vs_fa3")),
                           (_x(r.get("speedup_vs_best_other")) + (f" ({r['best_other']})" if r.get("best_other") else "")),
                           f"{r.get('num_prompts')} x {r.get('repeats')}" + (f"; {r['note']}" if r.get("note") else "")])
         out.append(md_table(["workload", "backend", "output tok/s", "TPOT p50 ms", "TPOT p99 ms", "TTFT p50 ms",
-                             "spread TPOT / tok/s", "×fa3", "×best other", "prompts x repeats"],
-                            table, align=["l", "l", "r", "r", "r", "r", "r", "r", "r", "l"]))
+                             "ITL p50 ms", "spread TPOT / tok/s", "×fa3", "×best other", "prompts x repeats"],
+                            table, align=["l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "l"]))
     return "\n".join(out) + "\n"
 
 

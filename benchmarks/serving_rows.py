@@ -18,7 +18,7 @@ MIN_PROMPTS = 16
 POINT_FIELDS = ("model", "backend", "page_size", "kv_dtype", "input_len", "output_len", "max_concurrency")
 ROW_FIELDS = POINT_FIELDS + (
     "num_prompts", "repeats", "output_tok_s", "output_tok_s_min", "output_tok_s_max", "tpot_ms_p50", "tpot_ms_p99",
-    "ttft_ms_p50", "tpot_spread", "output_tok_s_spread", "completed", "runs", "attention_backend",
+    "ttft_ms_p50", "itl_ms_p50", "tpot_spread", "output_tok_s_spread", "completed", "runs", "attention_backend",
     "speedup_vs_fa3", "best_other", "speedup_vs_best_other", "skipped", "note",
 )
 
@@ -145,21 +145,36 @@ def make_row(server: Server, w: Workload, num_prompts: int, runs: Sequence[Dict[
         return r
     if not runs:
         raise ValueError("a row that ran needs at least one run")
+    return aggregate(r, runs, num_prompts, note)
+
+
+def aggregate(r: Dict[str, Any], runs: Sequence[Dict[str, Any]], num_prompts: int,
+              note: Optional[str] = None) -> Dict[str, Any]:
+    """Fill the row's summary fields from its runs. A run whose median TTFT is 0 had no first-token time
+    recorded (seen on repeats 2+ of bench_serving in one process, H100, b06f672): its TPOT then folds the
+    prefill in (~+0.8 ms at 8K), so TPOT and TTFT come only from runs with a TTFT; the inter-token latency
+    (itl_ms_p50, median of the runs' median ITL) does not depend on it and is taken from every run."""
+    timed = [run for run in runs if (run.get("median_ttft_ms") or 0) > 0]
     tok = [run.get("output_throughput") for run in runs]
-    tpot = [run.get("median_tpot_ms") for run in runs]
+    tpot = [run.get("median_tpot_ms") for run in timed]
     r.update(
         output_tok_s=_median(tok),
         output_tok_s_min=min(x for x in tok if x is not None) if any(x is not None for x in tok) else None,
         output_tok_s_max=max(x for x in tok if x is not None) if any(x is not None for x in tok) else None,
         tpot_ms_p50=_median(tpot),
-        tpot_ms_p99=_median([run.get("p99_tpot_ms") for run in runs]),
-        ttft_ms_p50=_median([run.get("median_ttft_ms") for run in runs]),
+        tpot_ms_p99=_median([run.get("p99_tpot_ms") for run in timed]),
+        ttft_ms_p50=_median([run.get("median_ttft_ms") for run in timed]),
+        itl_ms_p50=_median([run.get("median_itl_ms") for run in runs]),
         tpot_spread=_spread(tpot),
         output_tok_s_spread=_spread(tok),
         completed=min(int(run.get("completed") or 0) for run in runs),
     )
+    notes = [note] if note else []
+    if len(timed) < len(runs):
+        notes.append(f"TPOT/TTFT from {len(timed)} of {len(runs)} runs (no first-token time in the others)")
     if r["completed"] < num_prompts:
-        r["note"] = ((note + "; ") if note else "") + f"only {r['completed']}/{num_prompts} requests completed"
+        notes.append(f"only {r['completed']}/{num_prompts} requests completed")
+    r["note"] = "; ".join(notes) or None
     return r
 
 

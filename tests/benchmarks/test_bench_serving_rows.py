@@ -100,3 +100,17 @@ def test_estimates_are_plausible():
     est1 = sr.estimate_server_s(sr.Server("llama-3.2-1b", "fa3", 1, "bf16"), ws, 3)
     assert 300 < est8 < 1200 and est1 < est8
     assert sr.estimate_point_s("llama-3.1-8b", ws[0], 16, 3) > sr.estimate_point_s("llama-3.1-8b", ws[0], 16, 1)
+
+
+def test_runs_without_first_token_time_are_left_out_of_tpot_and_ttft():
+    """bench_serving repeats in one process reported TTFT 0 and folded prefill into TPOT (H100, b06f672)."""
+    import serving_rows as sr
+
+    runs = [dict(output_throughput=131.7, median_tpot_ms=6.79, p99_tpot_ms=7.67, median_ttft_ms=222.0,
+                 median_itl_ms=6.704, completed=16),
+            dict(output_throughput=131.1, median_tpot_ms=7.60, p99_tpot_ms=7.76, median_ttft_ms=0.0,
+                 median_itl_ms=6.705, completed=16)]
+    r = sr.aggregate({}, runs, 16)
+    assert r["tpot_ms_p50"] == 6.79 and r["ttft_ms_p50"] == 222.0
+    assert r["itl_ms_p50"] == (6.704 + 6.705) / 2
+    assert "1 of 2 runs" in r["note"]
