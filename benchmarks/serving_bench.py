@@ -241,8 +241,13 @@ class ServerProcess:
 
 
 def gpu_memory_used_mib() -> Optional[int]:
+    """Used memory of the busiest GPU this process may use (CUDA_VISIBLE_DEVICES as plain indices), in MiB:
+    another job on another GPU of the host must not show up in a server's figures."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ids = [x.strip() for x in visible.split(",")] if visible.strip() else []
+    only = [f"--id={','.join(ids)}"] if ids and all(x.isdigit() for x in ids) else []
     try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+        r = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", *only],
                            capture_output=True, text=True, timeout=20)
         if r.returncode == 0 and r.stdout.strip():
             return max(int(float(x)) for x in r.stdout.split())

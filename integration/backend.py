@@ -192,13 +192,14 @@ class KvPrefetchDecodeBackend(AttentionBackend):
         shape_txt = ", ".join(f"{q}q/{k}kv heads x d{d}" for q, k, d in shapes)
         logger.info(
             "kvprefetch decode backend ready (%s): %s over %d layers, page_size %d, q %s, kv %s, "
-            "max decode batch %d; %s (effective prefetch distance %s); kernel JIT load %.2f s, "
-            "page-table kernel %.2f s; workspace %s",
+            "max decode batch %d; %s (effective prefetch distance %s); modules: %s; "
+            "start-up %.2f s (kernel modules %.2f s, page-table kernel %.2f s); workspace %s",
             "prefill: FlashInfer" if role == "full" else "decode half of SGLang's HybridAttnBackend",
             shape_txt, self.num_layers, self.page_size,
             str(model_runner.dtype).replace("torch.", ""),
             str(model_runner.kv_cache_dtype).replace("torch.", ""),
             self.kernels.max_batch_size, config.describe(), report.prefetch_distance,
+            ", ".join(report.modules), report.seconds + report.metadata_seconds,
             report.seconds, report.metadata_seconds, _mib(report.workspace_bytes),
         )
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .cuda_toolkit import find_cuda_home
 from .jit_spec import DecodeConfig, make_config
 
 
@@ -37,18 +37,6 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config("bf16", False, 128, pf) for pf in (1, 4)]
         cfgs += [make_config("bf16", False, 128, 2, prefetch_bulk=True)]
     return cfgs
-
-
-def find_cuda_home() -> str | None:
-    """CUDA_HOME, else the toolkit root nvcc reports (nvcc may be a wrapper script outside the toolkit)."""
-    if os.environ.get("CUDA_HOME"):
-        return os.environ["CUDA_HOME"]
-    if not shutil.which("nvcc"):
-        return None
-    probe = subprocess.run(["nvcc", "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-                           capture_output=True, text=True)
-    m = re.search(r"TOP=(\S+)", probe.stdout + probe.stderr)
-    return os.path.normpath(m.group(1)) if m else None
 
 
 def prepare_build_env() -> None:

@@ -5,6 +5,7 @@
 // so with short splits every byte a block needs is in flight from its first microsecond. Page ids are resolved
 // one iteration before they are needed (held in a register, then written to a small ring of row offsets).
 // The q heads of one kv head (the GQA group, 1..16) are the 16 rows of m16n8k16 tensor-core products.
+// fp8 KV is converted in registers while the mma operands are built (ldmatrix on the raw bytes), never in smem.
 // When a request is split, each split writes a partial (o, lse) and the last split to finish merges them.
 #pragma once
 #include <math_constants.h>
@@ -29,6 +30,7 @@ struct DecodeParams {
   float* part_lse;
   int32_t* counters;
   int32_t num_kv_heads, group, num_splits, page_shift;
+  int32_t num_indices, num_pool_pages;  // bounds for page ids read from device memory (bad tables stay in bounds)
   int32_t min_chunk;  // tokens; a split shorter than the prologue's lookahead only adds merge work
   float score_pre;   // no cap: sm_scale*k_scale*log2(e); cap: sm_scale*k_scale/cap
   float score_post;  // cap: cap*log2(e)
@@ -44,30 +46,47 @@ struct DecodeCfg {
   static constexpr int kChunksKV = kRowBytesKV / 16;  // 16-byte chunks per KV row as stored
   static constexpr int kRowBytesOp = D * 2;           // a row in the mma operand layout (bf16/fp16)
   static constexpr int kStageBytes = kTile * kRowBytesKV;
-  static constexpr int kConvBytes = kFp8 ? kTile * kRowBytesOp : 0;
   static constexpr int kLookahead = STAGES - 1 + PF;
   static constexpr int kSlots = kLookahead + 2;
   static constexpr int kOffQ = 0;
   static constexpr int kOffK = kOffQ + kRows * kRowBytesOp;
   static constexpr int kOffV = kOffK + STAGES * kStageBytes;
-  static constexpr int kOffKc = kOffV + STAGES * kStageBytes;
-  static constexpr int kOffVc = kOffKc + kConvBytes;
-  static constexpr int kOffRows = kOffVc + kConvBytes;
+  static constexpr int kOffRows = kOffV + STAGES * kStageBytes;
   static constexpr int kOffRed = kOffRows + kSlots * kTile * 8;
   static constexpr int kOffFlag = kOffRed + 2 * kWarps * kRows * 4;
   static constexpr int kSmemBytes = kOffFlag + 16;
   static constexpr int kOBytes = kWarps * kRows * D * 4;  // cross-warp reduction buffer, aliases the stages
   static_assert(STAGES >= 2, "need at least two stages");
   static_assert(D == 64 || D == 128 || D == 256, "head_dim must be 64, 128 or 256");
-  static_assert(kOBytes <= 2 * STAGES * kStageBytes + 2 * kConvBytes, "reduction buffer does not fit");
+  static_assert(kOBytes <= 2 * STAGES * kStageBytes, "reduction buffer does not fit");
   static_assert(256 * 16 * 4 <= STAGES * kStageBytes, "merge weights (MAX_SPLITS x 16 rows) do not fit");
 };
 
-// Byte offset of 16-byte chunk `c` of row `r` in a swizzled operand tile (rows of D*2 bytes): conflict-free
-// for ldmatrix, which reads 8 consecutive rows at the same logical chunk.
+// Byte offset of 16-byte chunk `c` of row `r` in a swizzled tile with rows of RB bytes: conflict-free for
+// ldmatrix, which reads 8 consecutive rows at the same logical chunk. Rows shorter than a 128-byte line
+// (fp8, head_dim 64) are swizzled by line.
+template <int RB>
+__device__ __forceinline__ int swz_rows(int r, int c) {
+  if constexpr (RB >= 128) {
+    return r * RB + ((c ^ (r & 7)) << 4);
+  } else {
+    const int off = r * RB + (c << 4), line = off >> 7;
+    return (line << 7) | ((((off >> 4) & 7) ^ (line & 7)) << 4);
+  }
+}
+// The same for an operand tile of bf16/fp16 rows of head_dim D.
 template <int D>
 __device__ __forceinline__ int swz(int r, int c) {
-  return r * (D * 2) + ((c ^ (r & 7)) << 4);
+  return swz_rows<D * 2>(r, c);
+}
+
+// fp8 K fragments come from ldmatrix on raw e4m3 rows: a lane gets 4 consecutive dims 4c..4c+3 (c = lane % 4)
+// of each 16-dim chunk, which feed mma k-indices {2c, 2c+1, 2c+8, 2c+9}. q is stored with the same
+// permutation so the dot product is unchanged: the q pair at dim 16*ks + 4c + 2h goes to operand column 8h + 2c.
+template <int D>
+__device__ __forceinline__ int q_fp8_slot(int r, int d) {
+  const int ks = d >> 4, c = (d >> 2) & 3, h = (d >> 1) & 1;
+  return swz<D>(r, 2 * ks + h) + 4 * c;
 }
 
 template <typename TQ, typename TKV, int D, int STAGES, int PF, bool PF_BULK>
@@ -81,10 +100,18 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
 
   {  // q does not depend on the page table: request it before the first dependent load
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
-    for (int i = tid; i < C::kRows * (D / 8); i += C::kThreads) {
-      const int r = i / (D / 8), c = i % (D / 8);
-      const bool valid = r < group;
-      cp_async_16(smem + C::kOffQ + swz<D>(r, c), qb + (valid ? (qo_head0 + r) * p.q_stride_h + c * 8 : 0), valid);
+    if constexpr (C::kFp8) {
+      for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
+        const int r = i / (D / 2), d = 2 * (i % (D / 2));
+        const bool valid = r < group;
+        cp_async_4(smem + C::kOffQ + q_fp8_slot<D>(r, d), qb + (valid ? (qo_head0 + r) * p.q_stride_h + d : 0), valid);
+      }
+    } else {
+      for (int i = tid; i < C::kRows * (D / 8); i += C::kThreads) {
+        const int r = i / (D / 8), c = i % (D / 8);
+        const bool valid = r < group;
+        cp_async_16(smem + C::kOffQ + swz<D>(r, c), qb + (valid ? (qo_head0 + r) * p.q_stride_h + c * 8 : 0), valid);
+      }
     }
   }
   const int page_beg = p.indptr[b];
@@ -120,7 +147,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   };
   auto load_pid = [&](int tile) -> int {
     const int tok = tok_beg + tile * C::kTile + tid;
-    return (tile < ntiles && tok < tok_end) ? p.indices[page_beg + (tok >> p.page_shift)] : 0;
+    const int idx = page_beg + (tok >> p.page_shift);
+    if (tile >= ntiles || tok >= tok_end || unsigned(idx) >= unsigned(p.num_indices)) return 0;
+    const int pid = p.indices[idx];
+    return unsigned(pid) < unsigned(p.num_pool_pages) ? pid : 0;
   };
   auto store_rows = [&](int tile, int pid) {
     if (tile < ntiles) rows[(tile % C::kSlots) * C::kTile + tid] = row_offset(tok_beg + tile * C::kTile + tid, pid);
@@ -155,7 +185,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
       const int64_t off = r_off[r];
       const bool valid = off >= 0;
       const int64_t src = (valid ? off : 0) + c * (16 / int(sizeof(TKV)));
-      const int dst = C::kFp8 ? r * C::kRowBytesKV + c * 16 : swz<D>(r, c);
+      const int dst = swz_rows<C::kRowBytesKV>(r, c);
       cp_async_16(ks + dst, kbase + src, valid);
       cp_async_16(vs + dst, vbase + src, valid);
     }
@@ -199,47 +229,40 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     const int stage = t % STAGES;
     const uint8_t* ks = smem + C::kOffK + stage * C::kStageBytes;
     const uint8_t* vs = smem + C::kOffV + stage * C::kStageBytes;
-    if constexpr (C::kFp8) {
-      // e4m3 rows -> operand-layout rows (exact), then every warp reads the converted tile
-      uint8_t* kc = smem + C::kOffKc;
-      uint8_t* vc = smem + C::kOffVc;
-#pragma unroll
-      for (int it = 0; it < C::kTile * C::kChunksKV / C::kThreads; ++it) {
-        const int i = tid + it * C::kThreads;
-        const int r = i / C::kChunksKV, c = i % C::kChunksKV;
-        const uint4 kraw = *reinterpret_cast<const uint4*>(ks + r * C::kRowBytesKV + c * 16);
-        const uint4 vraw = *reinterpret_cast<const uint4*>(vs + r * C::kRowBytesKV + c * 16);
-        const uint32_t kw[4] = {kraw.x, kraw.y, kraw.z, kraw.w}, vw[4] = {vraw.x, vraw.y, vraw.z, vraw.w};
-        uint32_t ko[8], vo[8];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          ko[2 * j] = e4m3x2_to<TQ>(kw[j] & 0xffff);
-          ko[2 * j + 1] = e4m3x2_to<TQ>(kw[j] >> 16);
-          vo[2 * j] = e4m3x2_to<TQ>(vw[j] & 0xffff);
-          vo[2 * j + 1] = e4m3x2_to<TQ>(vw[j] >> 16);
-        }
-        *reinterpret_cast<uint4*>(kc + swz<D>(r, 2 * c)) = make_uint4(ko[0], ko[1], ko[2], ko[3]);
-        *reinterpret_cast<uint4*>(kc + swz<D>(r, 2 * c + 1)) = make_uint4(ko[4], ko[5], ko[6], ko[7]);
-        *reinterpret_cast<uint4*>(vc + swz<D>(r, 2 * c)) = make_uint4(vo[0], vo[1], vo[2], vo[3]);
-        *reinterpret_cast<uint4*>(vc + swz<D>(r, 2 * c + 1)) = make_uint4(vo[4], vo[5], vo[6], vo[7]);
-      }
-      __syncthreads();
-      ks = kc;
-      vs = vc;
-    }
+    const int lrow = warp * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);  // ldmatrix row address of this lane
+    const int lhalf = lane >> 4;                                     // ... and which of two chunks
     const int warp_tok0 = tok_beg + t * C::kTile + warp * 16;
     if (warp_tok0 >= tok_end) continue;  // this warp's 16 rows are all past the end (zero-filled)
 
     // S = Q K^T for this warp's 16 tokens (two n-tiles of 8)
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    if constexpr (C::kFp8) {
 #pragma unroll
-    for (int ks_i = 0; ks_i < D / 16; ++ks_i) {
-      uint32_t a[4], bk[4];
-      ldmatrix_x4(a, smem + C::kOffQ + swz<D>(lane & 15, 2 * ks_i + (lane >> 4)));
-      const int j = lane >> 3, r8 = lane & 7;
-      ldmatrix_x4(bk, ks + swz<D>(warp * 16 + (j >> 1) * 8 + r8, 2 * ks_i + (j & 1)));
-      mma_16816<TQ>(s[0], a, bk);
-      mma_16816<TQ>(s[1], a, bk + 2);
+      for (int kp = 0; kp < D / 32; ++kp) {  // two 16-dim chunks of raw e4m3 per ldmatrix
+        uint32_t raw[4];  // [chunk half][token half]
+        ldmatrix_x4(raw, ks + swz_rows<C::kRowBytesKV>(lrow, 2 * kp + lhalf));
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          uint32_t a[4];
+          ldmatrix_x4(a, smem + C::kOffQ + swz<D>(lane & 15, 2 * (2 * kp + h) + (lane >> 4)));
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const uint32_t w = raw[2 * h + nt];
+            const uint32_t bk[2] = {e4m3x2_to<TQ>(w & 0xffff), e4m3x2_to<TQ>(w >> 16)};
+            mma_16816<TQ>(s[nt], a, bk);
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int ks_i = 0; ks_i < D / 16; ++ks_i) {
+        uint32_t a[4], bk[4];
+        ldmatrix_x4(a, smem + C::kOffQ + swz<D>(lane & 15, 2 * ks_i + (lane >> 4)));
+        const int j = lane >> 3, r8 = lane & 7;
+        ldmatrix_x4(bk, ks + swz<D>(warp * 16 + (j >> 1) * 8 + r8, 2 * ks_i + (j & 1)));
+        mma_16816<TQ>(s[0], a, bk);
+        mma_16816<TQ>(s[1], a, bk + 2);
+      }
     }
     // online softmax in the log2 domain; rows lane/4 (elements 0,1) and lane/4+8 (elements 2,3)
     float mx[2] = {-CUDART_INF_F, -CUDART_INF_F};
@@ -282,13 +305,32 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     }
     const uint32_t pa[4] = {pack2<TQ>(s[0][0], s[0][1]), pack2<TQ>(s[0][2], s[0][3]), pack2<TQ>(s[1][0], s[1][1]),
                             pack2<TQ>(s[1][2], s[1][3])};
+    if constexpr (C::kFp8) {
+      // A transposed 16-bit ldmatrix of raw e4m3 rows gives a lane dims (2n, 2n+1) of tokens (2c, 2c+1);
+      // a byte permute splits that into the even-dim and the odd-dim operand: o[2q] accumulates the even dims
+      // of chunk q, o[2q+1] the odd ones.
 #pragma unroll
-    for (int nd = 0; nd < D / 16; ++nd) {
-      uint32_t bv[4];
-      const int j = lane >> 3, r8 = lane & 7;
-      ldmatrix_x4_trans(bv, vs + swz<D>(warp * 16 + (j & 1) * 8 + r8, 2 * nd + (j >> 1)));
-      mma_16816<TQ>(o[2 * nd], pa, bv);
-      mma_16816<TQ>(o[2 * nd + 1], pa, bv + 2);
+      for (int qp = 0; qp < D / 32; ++qp) {
+        uint32_t raw[4];  // [chunk half][token half]
+        ldmatrix_x4_trans(raw, vs + swz_rows<C::kRowBytesKV>(lrow, 2 * qp + lhalf));
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t lo = __byte_perm(raw[2 * h], 0, 0x3120), hi = __byte_perm(raw[2 * h + 1], 0, 0x3120);
+          const uint32_t even[2] = {e4m3x2_to<TQ>(lo & 0xffff), e4m3x2_to<TQ>(hi & 0xffff)};
+          const uint32_t odd[2] = {e4m3x2_to<TQ>(lo >> 16), e4m3x2_to<TQ>(hi >> 16)};
+          mma_16816<TQ>(o[2 * (2 * qp + h)], pa, even);
+          mma_16816<TQ>(o[2 * (2 * qp + h) + 1], pa, odd);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int nd = 0; nd < D / 16; ++nd) {
+        uint32_t bv[4];
+        const int j = lane >> 3, r8 = lane & 7;
+        ldmatrix_x4_trans(bv, vs + swz<D>(warp * 16 + (j & 1) * 8 + r8, 2 * nd + (j >> 1)));
+        mma_16816<TQ>(o[2 * nd], pa, bv);
+        mma_16816<TQ>(o[2 * nd + 1], pa, bv + 2);
+      }
     }
   }
   cp_async_wait<0>();
@@ -309,16 +351,33 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     red_l[warp * 16 + (lane >> 2)] = l[0];
     red_l[warp * 16 + (lane >> 2) + 8] = l[1];
   }
+  if constexpr (C::kFp8) {  // o[2q] / o[2q+1] hold dims 16q + 4c + {0, 2} / {1, 3}
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) {
-    const int col = i * 8 + (lane & 3) * 2;
-    float* r0 = obuf + (warp * 16 + (lane >> 2)) * D + col;
-    float* r1 = r0 + 8 * D;
-    *reinterpret_cast<float2*>(r0) = make_float2(o[i][0], o[i][1]);
-    *reinterpret_cast<float2*>(r1) = make_float2(o[i][2], o[i][3]);
+    for (int q = 0; q < D / 16; ++q) {
+      float* r0 = obuf + (warp * 16 + (lane >> 2)) * D + q * 16 + (lane & 3) * 4;
+      *reinterpret_cast<float4*>(r0) = make_float4(o[2 * q][0], o[2 * q + 1][0], o[2 * q][1], o[2 * q + 1][1]);
+      *reinterpret_cast<float4*>(r0 + 8 * D) = make_float4(o[2 * q][2], o[2 * q + 1][2], o[2 * q][3], o[2 * q + 1][3]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      const int col = i * 8 + (lane & 3) * 2;
+      float* r0 = obuf + (warp * 16 + (lane >> 2)) * D + col;
+      *reinterpret_cast<float2*>(r0) = make_float2(o[i][0], o[i][1]);
+      *reinterpret_cast<float2*>(r0 + 8 * D) = make_float2(o[i][2], o[i][3]);
+    }
   }
   __syncthreads();
 
+  // Final output of row r, columns 4*c4..4*c4+3, and its lse (log2 domain in, natural log out).
+  auto write_out = [&](int r, int c4, float4 acc, float lse2) {
+    TQ* dst = out + b * p.o_stride_b + (qo_head0 + r) * p.o_stride_h + c4 * 4;
+    dst[0] = from_float<TQ>(acc.x * p.v_scale);
+    dst[1] = from_float<TQ>(acc.y * p.v_scale);
+    dst[2] = from_float<TQ>(acc.z * p.v_scale);
+    dst[3] = from_float<TQ>(acc.w * p.v_scale);
+    if (p.lse != nullptr && c4 == 0) p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + r] = lse2 * CUDART_LN2_F;
+  };
   const bool single = n_act == 1;
   const int64_t part_row0 = (((int64_t)b * p.num_kv_heads + head) * p.num_splits) * group;
   for (int i = tid; i < group * (D / 4); i += C::kThreads) {
@@ -346,13 +405,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     acc.w *= inv;
     const float lse2 = mu + log2f(lsum);
     if (single) {
-      TQ* dst = out + b * p.o_stride_b + (qo_head0 + r) * p.o_stride_h + c4 * 4;
-      dst[0] = from_float<TQ>(acc.x * p.v_scale);
-      dst[1] = from_float<TQ>(acc.y * p.v_scale);
-      dst[2] = from_float<TQ>(acc.z * p.v_scale);
-      dst[3] = from_float<TQ>(acc.w * p.v_scale);
-      if (p.lse != nullptr && c4 == 0)
-        p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + r] = lse2 * CUDART_LN2_F;
+      write_out(r, c4, acc, lse2);
     } else {
       const int64_t row = part_row0 + (int64_t)split * group + r;
       *reinterpret_cast<float4*>(p.part_o + row * D + c4 * 4) = acc;
@@ -407,13 +460,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
       acc.z += ws * v.z;
       acc.w += ws * v.w;
     }
-    TQ* dst = out + b * p.o_stride_b + (qo_head0 + r) * p.o_stride_h + c4 * 4;
-    dst[0] = from_float<TQ>(acc.x * p.v_scale);
-    dst[1] = from_float<TQ>(acc.y * p.v_scale);
-    dst[2] = from_float<TQ>(acc.z * p.v_scale);
-    dst[3] = from_float<TQ>(acc.w * p.v_scale);
-    if (p.lse != nullptr && c4 == 0)
-      p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + r] = (red_m[r] + log2f(red_l[r])) * CUDART_LN2_F;
+    write_out(r, c4, acc, red_m[r] + log2f(red_l[r]));
   }
 }
 

@@ -75,6 +75,8 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   p.indptr = static_cast<const int32_t*>(indptr.data_ptr());
   p.indices = static_cast<const int32_t*>(indices.data_ptr());
   p.last_len = static_cast<const int32_t*>(last_len.data_ptr());
+  p.num_indices = static_cast<int32_t>(indices.size(0));
+  p.num_pool_pages = static_cast<int32_t>(k.size(0));
   p.o = o.data_ptr();
   p.o_stride_b = o.stride(0);
   p.o_stride_h = o.stride(1);

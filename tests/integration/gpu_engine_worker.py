@@ -9,7 +9,7 @@ Greedy decoding, ignore_eos, per-token logprobs + top-5 logprobs of every genera
 
     python gpu_engine_worker.py --model DIR --attention-backend kvprefetch --out r.json \
         [--page-size 16] [--kv-cache-dtype fp8_e4m3] [--no-cuda-graph] [--load-format dummy]
-        [--prefill-attention-backend X --decode-attention-backend Y]
+        [--prefill-attention-backend X --decode-attention-backend Y] [--tp-size 2]
 """
 
 import argparse
@@ -41,6 +41,7 @@ def main():
     ap.add_argument("--load-format", default="auto")
     ap.add_argument("--no-cuda-graph", action="store_true")
     ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--tp-size", type=int, default=1)
     args = ap.parse_args()
 
     import sglang
@@ -57,6 +58,7 @@ def main():
         cuda_graph_backend_prefill="disabled",  # decode graphs are what we test; keeps start-up short
         random_seed=0,
         log_level="info",
+        tp_size=args.tp_size,
     )
     for name in ("attention_backend", "prefill_attention_backend", "decode_attention_backend"):
         if getattr(args, name) is not None:

@@ -140,3 +140,10 @@ def is_sm90() -> bool:
 
 
 SM90_REASON = "needs an sm_90 GPU (H100/H200) with CUDA"
+
+
+def cuda_device_count() -> int:
+    try:
+        return torch.cuda.device_count()
+    except Exception:
+        return 0

@@ -131,8 +131,8 @@ def test_full_role_composes_flashinfer_prefill_with_our_decode(patched, page_siz
     w = FakeDecodeWrapper.instances[0]
     assert w.loaded and (w.num_qo_heads, w.num_kv_heads, w.head_dim, w.page_size) == (HQ, HK, D, page_size)
     assert w.q_dtype == torch.bfloat16 and w.kv_dtype == torch.bfloat16 and w.max_batch_size == 16
-    assert "kvprefetch decode backend ready" in caplog.text and "JIT load" in caplog.text
-    assert "workspace" in caplog.text
+    assert "kvprefetch decode backend ready" in caplog.text and "modules: FakeDecodeWrapper" in caplog.text
+    assert "start-up" in caplog.text and "workspace" in caplog.text
     assert dec.get_cuda_graph_seq_len_fill_value() == 1
 
 

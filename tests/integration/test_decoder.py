@@ -165,3 +165,19 @@ def test_load_failure_propagates():
                             wrapper_cls=Broken)
     with pytest.raises(RuntimeError, match="nvcc"):
         kernels.load()
+
+
+def test_load_report_names_each_module_and_where_it_came_from(fake_wrapper_cls, monkeypatch):
+    from kvprefetch.jit_kernels import loader
+    from kvprefetch.jit_kernels.jit_spec import make_config, module_name
+
+    cfg = make_config("bf16", False, 64, 0)
+    monkeypatch.setitem(loader.module_loads, module_name(cfg),
+                        loader.ModuleLoad(module_name(cfg), "prebuilt", 0.25))
+
+    class WithConfig(fake_wrapper_cls):
+        config = cfg
+
+    pool = make_paged_pool([5], 16, num_kv_heads=HK, head_dim=D)
+    report = make_kernels(pool, WithConfig).load()
+    assert report.modules == (f"{module_name(cfg)} (prebuilt, 0.25 s)",)

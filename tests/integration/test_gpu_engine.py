@@ -1,8 +1,8 @@
 """GPU end to end: sglang.Engine with --attention-backend kvprefetch against flashinfer.
 
-Every Engine runs in its own subprocess (gpu_engine_worker.py): one GPU, and the process exit
-frees everything. Results are cached per configuration for the module, so each reference
-runs once. Needs sglang 0.5.17 and the kvprefetch package *installed* (its
+Every Engine runs in its own subprocess (gpu_engine_worker.py, driven by gpu_engine_runs.py): one
+GPU, and the process exit frees everything. Results are cached per configuration for the pytest
+session, so each reference runs once per session (select slices with -k; README lists them). Needs sglang 0.5.17 and the kvprefetch package *installed* (its
 ``sglang.srt.plugins`` entry point registers the backend in the scheduler process).
 
 Model: the built-in "tiny" Llama (4 layers, head_dim 128, 8 q / 2 kv heads) with seeded
@@ -30,109 +30,25 @@ they shared only 45 of 192 greedy tokens (8 of 8 requests parted), so kvprefetch
 half as many tokens as the stock pair did.
 """
 
-import json
-import os
 import subprocess
 import sys
 
 import pytest
 
+from gpu_engine_runs import assert_kvprefetch_served, assert_matches_flashinfer, compare, run_engine
 from kvp_integration_helpers import SM90_REASON, is_sm90
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not is_sm90(), reason=SM90_REASON)]
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "gpu_engine_worker.py")
-MAX_SLACK_NATS, MEAN_SLACK_NATS = 0.02, 0.005  # on top of 2x the stock backends' own spread
-TIE_NATS = 0.1
-_cache = {}
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    pytest.importorskip("sglang")
-    from kvprefetch.integration.model_folder import write_model_folder
-
-    path = str(tmp_path_factory.mktemp("models") / "tiny")
-    write_model_folder(path, "tiny", weights="random")
-    return path
-
-
-@pytest.fixture(scope="module")
-def llama8b_4l_dummy(tmp_path_factory):
-    pytest.importorskip("sglang")
-    from kvprefetch.integration.model_folder import write_model_folder
-
-    path = str(tmp_path_factory.mktemp("models") / "llama8b-4l")
-    write_model_folder(path, "llama-3.1-8b", num_layers=4)
-    return path
-
-
-def run_engine(model, tmp_dir, **opts):
-    """Run the worker once per (model, options); returns (results dict, combined log)."""
-    key = (model, tuple(sorted(opts.items())))
-    if key in _cache:
-        return _cache[key]
-    out = os.path.join(tmp_dir, f"run{len(_cache)}.json")
-    cmd = [sys.executable, WORKER, "--model", model, "--out", out]
-    for k, v in sorted(opts.items()):
-        flag = "--" + k.replace("_", "-")
-        if v is True:
-            cmd.append(flag)
-        elif v not in (None, False):
-            cmd += [flag, str(v)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    log = p.stdout + p.stderr
-    assert p.returncode == 0 and os.path.exists(out), f"worker failed ({' '.join(cmd)}):\n{log[-6000:]}"
-    with open(out) as f:
-        res = json.load(f)
-    _cache[key] = (res, log)
-    return res, log
-
-
-def assert_kvprefetch_served(log, graphs=True):
-    assert "kvprefetch decode backend ready" in log, log[-4000:]
-    assert "falling back to SGLang's Triton" not in log, log[-4000:]
-    assert "kvprefetch decode kernel unavailable" not in log, log[-4000:]
-    if graphs:
-        assert "CUDA-graph decode metadata" in log, log[-4000:]
-
-
-def compare(ref, got, *, min_fraction=0.5, bound=None, tie=TIE_NATS, stats=None):
-    """(max, mean) |delta logprob| over the shared greedy prefix; asserted against ``bound``.
-    Where the greedy paths part, the pick must be a near-tie (within ``tie`` nats) in the
-    reference's top-5; ``tie=None`` only records the parting (used for calibration)."""
-    diffs, parted = [], 0
-    total = sum(len(r["ids"]) for r in ref["results"])
-    for r, g in zip(ref["results"], got["results"], strict=True):
-        assert len(g["ids"]) == len(r["ids"])
-        for i, (a, b) in enumerate(zip(r["ids"], g["ids"])):
-            if a != b:
-                if tie is not None:
-                    top = {int(tid): lp for lp, tid in r["top"][i]}
-                    assert b in top, f"step {i}: picked {b}, not in the reference's top-5 {top}"
-                    assert top[a] - top[b] <= tie, f"step {i}: not a near-tie ({top[a]} vs {top[b]}; tie {tie:.3f})"
-                parted += 1
-                break
-            diffs.append(abs(r["lp"][i] - g["lp"][i]))
-    if stats is not None:
-        stats["fraction"] = len(diffs) / total
-    assert len(diffs) >= min_fraction * total, f"only {len(diffs)}/{total} tokens compared ({parted} parted)"
-    mx, mean = max(diffs), sum(diffs) / len(diffs)
-    if bound is not None:
-        assert mx <= bound[0] and mean <= bound[1], (
-            f"max {mx:.4f}, mean {mean:.4f} nats over {len(diffs)}; bound {bound[0]:.4f} / {bound[1]:.4f}")
-    return mx, mean
-
-
-def stock_bound(model, tmp, **opts):
-    """The tolerance from two stock backends' own disagreement on the same prompts and options."""
-    ref, _ = run_engine(model, tmp, attention_backend="flashinfer", **opts)
-    tri, _ = run_engine(model, tmp, attention_backend="triton", **opts)
-    stats = {}
-    tmx, tmean = compare(ref, tri, tie=None, min_fraction=0.0, stats=stats)
-    bound = (2 * tmx + MAX_SLACK_NATS, 2 * tmean + MEAN_SLACK_NATS)
-    return ref, bound, (tmx, tmean, stats["fraction"])
+def _fa3_missing_reason():
+    """Why SGLang's fa3 backend can't run here (sgl_kernel.flash_attn does not import), or None; asked of a
+    subprocess so this process never loads the 1.1 GB library."""
+    p = subprocess.run([sys.executable, "-c", "import sgl_kernel.flash_attn"], capture_output=True, text=True)
+    if p.returncode == 0:
+        return None
+    last = (p.stderr.strip().splitlines() or ["no output"])[-1]
+    return f"FlashAttention-3 is not available here: importing sgl_kernel.flash_attn failed ({last})"
 
 
 def test_weights_make_the_comparison_meaningful(tiny_model, tmp_path_factory):
@@ -153,43 +69,35 @@ def test_weights_make_the_comparison_meaningful(tiny_model, tmp_path_factory):
 def test_logprobs_match_flashinfer(tiny_model, tmp_path_factory, opts):
     tmp = str(tmp_path_factory.getbasetemp())
     ref_opts = {k: v for k, v in opts.items() if k != "no_cuda_graph"}
-    ref, bound, stock = stock_bound(tiny_model, tmp, **ref_opts)
     got, log = run_engine(tiny_model, tmp, attention_backend="kvprefetch", **opts)
     assert_kvprefetch_served(log, graphs=not opts.get("no_cuda_graph"))
-    # compare at least half as many tokens as the stock pair shared (fp8 KV makes even those part early)
-    mx, mean = compare(ref, got, bound=bound, tie=bound[0], min_fraction=0.5 * stock[2])
-    print(f"{opts}: kvprefetch vs flashinfer max |dlogprob| {mx:.4f}, mean {mean:.4f}; "
-          f"triton vs flashinfer {stock[0]:.4f} / {stock[1]:.4f} over {stock[2]:.0%} of the tokens")
+    print(f"{opts}: {assert_matches_flashinfer(tiny_model, tmp, got, **ref_opts)}")
 
 
-def test_hybrid_decode_half(tiny_model, tmp_path_factory):
-    """--prefill-attention-backend flashinfer --decode-attention-backend kvprefetch: SGLang
-    composes the HybridAttnBackend itself; same computation as --attention-backend kvprefetch."""
+def test_hybrid_flashinfer_prefill(tiny_model, tmp_path_factory):
+    """--prefill-attention-backend flashinfer --decode-attention-backend kvprefetch: SGLang composes the
+    HybridAttnBackend itself; it matches FlashInfer like the full backend does, and is the same computation as
+    --attention-backend kvprefetch."""
     tmp = str(tmp_path_factory.getbasetemp())
-    full, _ = run_engine(tiny_model, tmp, attention_backend="kvprefetch")
     hyb, log = run_engine(tiny_model, tmp, prefill_attention_backend="flashinfer",
                           decode_attention_backend="kvprefetch")
     assert_kvprefetch_served(log)
     assert "decode half of SGLang's HybridAttnBackend" in log
+    print(f"hybrid flashinfer prefill: {assert_matches_flashinfer(tiny_model, tmp, hyb)}")
+    full, _ = run_engine(tiny_model, tmp, attention_backend="kvprefetch")
     mx, _ = compare(full, hyb, min_fraction=0.9)
     assert mx <= 1e-3
 
 
-def test_hybrid_with_fa3_prefill(tiny_model, tmp_path_factory):
-    try:
-        import sgl_kernel
-
-        fa3 = os.path.exists(os.path.join(os.path.dirname(sgl_kernel.__file__), "flash_ops.abi3.so"))
-    except Exception:
-        fa3 = False
-    if not fa3:
-        pytest.skip("FlashAttention-3 (sgl_kernel/flash_ops.abi3.so) is not staged on this host")
+def test_hybrid_fa3_prefill(tiny_model, tmp_path_factory):
+    reason = _fa3_missing_reason()
+    if reason:
+        pytest.skip(reason)
     tmp = str(tmp_path_factory.getbasetemp())
-    _, bound, _ = stock_bound(tiny_model, tmp)
-    ref, _ = run_engine(tiny_model, tmp, attention_backend="fa3")
     got, log = run_engine(tiny_model, tmp, prefill_attention_backend="fa3", decode_attention_backend="kvprefetch")
     assert_kvprefetch_served(log)
-    compare(ref, got, bound=bound, tie=bound[0])
+    assert "decode half of SGLang's HybridAttnBackend" in log
+    print(f"hybrid fa3 prefill: {assert_matches_flashinfer(tiny_model, tmp, got)}")
 
 
 def test_llama8b_shape_dummy_weights_generates(llama8b_4l_dummy, tmp_path_factory):

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from kvprefetch.jit_kernels.jit_spec import CSRC_DIR, SOURCES, make_config, nvcc_flags
-from kvprefetch.jit_kernels.prebuild import find_cuda_home
+from kvprefetch.jit_kernels.cuda_toolkit import find_cuda_home
 
 FAMILIES = [("bf16", False, 128, 2), ("f16", True, 64, 0), ("bf16", True, 256, 1), ("f16", False, 256, 2)]
 

@@ -7,7 +7,7 @@ import torch
 
 from kvprefetch.jit_kernels.reference import gather_request_kv, paged_decode_reference
 
-from .paged_inputs import make_paged_inputs
+from paged_inputs import make_paged_inputs  # benchmarks/ (tests/kernel/conftest.py puts it on sys.path)
 
 
 def dense_attention(q, keys, values, sm_scale, cap):

@@ -1,4 +1,7 @@
-"""Random paged-KV inputs laid out as a serving engine leaves them: pages scattered at random in a pool."""
+"""Random paged-KV inputs laid out as a serving engine leaves them: pages scattered at random in a pool.
+
+Shared by the fuzz and sanitizer drivers here and by the kernel tests (tests/kernel/conftest.py puts benchmarks/ on
+sys.path)."""
 
 from __future__ import annotations
 
