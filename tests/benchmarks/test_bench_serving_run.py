@@ -12,6 +12,7 @@ import pytest
 import results_io as rio
 import serving_bench as sb
 import serving_rows as sr
+from fake_serving import StubDriver, StubServer
 
 
 def parse(*argv):
@@ -180,43 +181,22 @@ def test_run_client_once(tmp_path):
 
 # ------------------------------------------------------------------ run() with fake servers
 
-class FakeServer:
+class FakeServer(StubServer):
     started = []
     fallback_for = set()
 
     def __init__(self, cmd, port, log_path, env=None):
-        self.cmd = cmd
+        super().__init__(cmd, port, log_path, env)
         self.backend = cmd[cmd.index("--attention-backend") + 1]
 
     def start(self):
         FakeServer.started.append(self.backend)
 
-    def wait_healthy(self, timeout_s, poll_s=2.0):
-        return True, "healthy after 0 s"
-
-    def healthy(self):
-        return True
-
     def log_text(self):
         return "-> falling back to SGLang's Triton attention backend" if self.backend in self.fallback_for else ""
 
-    def log_tail(self, n=3):
-        return ""
 
-    def stop(self, timeout_s=60.0):
-        pass
-
-
-class FakeDriver:
-    def __init__(self, log_path, env=None):
-        pass
-
-    def ready(self, timeout_s=180.0):
-        return True, ""
-
-    def alive(self):
-        return True
-
+class FakeDriver(StubDriver):
     def run(self, argv, timeout_s):
         get = lambda k: argv[argv.index(k) + 1]  # noqa: E731
         with open(get("--output-file"), "a") as f:
@@ -224,9 +204,6 @@ class FakeDriver:
                                 "median_tpot_ms": 7.0, "p99_tpot_ms": 8.0, "median_ttft_ms": 400.0,
                                 "completed": int(get("--num-prompts"))}) + "\n")
         return True, ""
-
-    def close(self):
-        pass
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import serving_bench as sb
 import soak
 import soak_http
 import soak_plan as sp
+from fake_serving import StubDriver, StubServer
 from soak_samples import ABORT_OOM, ABORT_RUNNING, LENGTH, bench_line, log_event, write_log
 
 
@@ -47,41 +48,20 @@ W = World()
 ABORT_IDS = {r.id for r in sp.plan_rounds() if r.abort}
 
 
-class FakeServer:
+class FakeServer(StubServer):
     def __init__(self, cmd, port, log_path, env=None):
-        self.cmd = cmd
+        super().__init__(cmd, port, log_path, env)
         W.req_dir = cmd[cmd.index("--log-requests-target") + 1]
 
     def start(self):
         W.started += 1
         os.makedirs(W.req_dir, exist_ok=True)     # SGLang creates its request-log directory at start-up
 
-    def wait_healthy(self, timeout_s, poll_s=2.0):
-        return True, "healthy after 0 s"
-
-    def healthy(self):
-        return True
-
     def log_text(self):
         return "falling back to SGLang's Triton attention backend" if W.fallback else "ready"
 
-    def log_tail(self, n=3):
-        return ""
 
-    def stop(self, timeout_s=60.0):
-        pass
-
-
-class FakeDriver:
-    def __init__(self, log_path, env=None):
-        pass
-
-    def ready(self, timeout_s=180.0):
-        return True, ""
-
-    def alive(self):
-        return True
-
+class FakeDriver(StubDriver):
     def run(self, argv, timeout_s):
         get = lambda k: argv[argv.index(k) + 1]  # noqa: E731
         n = int(get("--num-prompts"))
@@ -106,9 +86,6 @@ class FakeDriver:
         with open(get("--output-file"), "a") as out:
             out.write(json.dumps(bench_line(n)) + "\n")
         return True, ""
-
-    def close(self):
-        pass
 
 
 @pytest.fixture
