@@ -7,19 +7,44 @@ cold: capture one single-call graph per layer of a rotation; replay them round-r
     around each replay, again all queued behind a GPU sleep. The rotation is long enough that a layer's
     buffers were evicted from L2 before it is used again, and the events between calls keep each call
     isolated (no overlap with the previous kernel's tail, no programmatic dependent launch across calls).
+Both check that the GPU was still asleep when the last replay was queued, and time again behind a longer sleep
+where it was not: a single short call costs the CPU about as much to queue as the GPU to run, so a hiccup of the
+host (another job, the garbage collector) let the GPU catch up and time launch gaps (cold outliers of 1.3-4x).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, List, Sequence
 
 import torch
 
 _SLEEP_CYCLES_PER_S = 2.0e9          # H100/H200 SM clock is <= ~2 GHz: sleeping longer than asked is harmless
-_ENQUEUE_S_PER_REPLAY = 30e-6        # CPU cost of graph.replay() + two event records, generous
+_ENQUEUE_S_PER_REPLAY = 30e-6        # CPU cost of graph.replay() + two event records, usually
+_QUEUE_TRIES = 3                     # each retry sleeps 4x longer
 
 
 def _gpu_sleep(seconds: float) -> None:
     torch.cuda._sleep(int(max(seconds, 1e-4) * _SLEEP_CYCLES_PER_S))
+
+
+def _enqueue_behind_sleep(enqueue: Callable[[], None], replays: int) -> bool:
+    """Run enqueue() (which records the timed work) behind a GPU sleep long enough that the CPU queues every
+    replay before the GPU reaches the first. A marker event after the sleep tells whether that held: if the GPU
+    had already passed it when the last replay was queued, a launch gap may sit inside some timed event pair
+    (short calls, a busy host CPU), so it is done again behind a 4x longer sleep. False if it never held."""
+    sleep_s = replays * _ENQUEUE_S_PER_REPLAY + 2e-4
+    for _ in range(_QUEUE_TRIES):
+        _gpu_sleep(sleep_s)
+        marker = torch.cuda.Event()
+        marker.record()
+        enqueue()
+        ahead = not marker.query()
+        torch.cuda.synchronize()
+        if ahead:
+            return True
+        sleep_s *= 4
+    warnings.warn(f"graph_timing: the GPU caught up with the CPU in {_QUEUE_TRIES} tries; launch gaps may be timed")
+    return False
 
 
 _capture_stream = None
@@ -63,12 +88,14 @@ def time_graph_replays(graph: torch.cuda.CUDAGraph, repeats: int, warmup: int = 
     torch.cuda.synchronize()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
-    _gpu_sleep(repeats * _ENQUEUE_S_PER_REPLAY + 2e-4)
-    for s, e in zip(starts, ends):
-        s.record()
-        graph.replay()
-        e.record()
-    torch.cuda.synchronize()
+
+    def enqueue():
+        for s, e in zip(starts, ends):
+            s.record()
+            graph.replay()
+            e.record()
+
+    _enqueue_behind_sleep(enqueue, repeats)
     return [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
 
 
@@ -92,12 +119,14 @@ def time_cold(call: Callable[[int], None], sets: Sequence[int], samples: int, st
         torch.cuda.synchronize()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(samples)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(samples)]
-        _gpu_sleep(samples * _ENQUEUE_S_PER_REPLAY + 2e-4)
-        for n in range(samples):
-            starts[n].record()
-            graphs[n % len(graphs)].replay()
-            ends[n].record()
-        torch.cuda.synchronize()
+
+        def enqueue():
+            for n in range(samples):
+                starts[n].record()
+                graphs[n % len(graphs)].replay()
+                ends[n].record()
+
+        _enqueue_behind_sleep(enqueue, samples)
         return [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
     finally:
         del graphs
