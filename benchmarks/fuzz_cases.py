@@ -84,11 +84,6 @@ def active_splits(length: int, num_splits: int, min_chunk: int) -> int:
     return -(-length // chunk)
 
 
-def planned_splits(batch: int, hkv: int, target_blocks: int, max_splits: int = 256) -> int:
-    """The planner's split count (BatchDecodeWithPagedKVCache.num_splits_for) for a device with target_blocks."""
-    return max(1, min(max_splits, target_blocks // (max(batch, 1) * hkv)))
-
-
 def case_traits(case: Dict[str, Any], num_splits: int, min_chunk: int = 128) -> Set[str]:
     """What a case exercises, for coverage counts; num_splits is the planner's value for this batch."""
     lens, page = case["lens"], case["page"]

@@ -45,23 +45,13 @@ def _allocated_bytes(device: torch.device) -> int:
     return 0
 
 
-def _module_summary(wrapper) -> str:
-    """'<module name> (<prebuilt | JIT cache | compiled | rebuilt>, <seconds>)' for the start-up log."""
-    cfg = getattr(wrapper, "config", None)
-    if cfg is None:  # a stand-in wrapper (tests)
-        return type(wrapper).__name__
-    from kvprefetch.jit_kernels.loader import describe_load
-
-    return describe_load(cfg)
-
-
 @dataclass
 class LoadReport:
     seconds: float  # kernel wrappers: JIT build or disk-cache load
     metadata_seconds: float  # first page-table build (Triton compile or cache load)
     workspace_bytes: int  # kernel split workspaces + eager metadata buffers
     prefetch_distance: Any
-    modules: Tuple[str, ...] = ()  # how each kernel module was had (_module_summary)
+    modules: Tuple[str, ...] = ()  # how each kernel module was had (wrapper.describe_module())
 
 
 @dataclass
@@ -163,7 +153,7 @@ class DecodeKernels:
             metadata_seconds=t2 - t1,
             workspace_bytes=ws,
             prefetch_distance=next(iter(dist)) if len(dist) == 1 else sorted(map(str, dist)),
-            modules=tuple(_module_summary(w) for w in self.wrappers.values()),
+            modules=tuple(w.describe_module() for w in self.wrappers.values()),
         )
 
     def _ensure_batch_capacity(self, bs: int) -> None:

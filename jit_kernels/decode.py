@@ -10,7 +10,7 @@ import torch
 from .device import is_supported_device
 from .errors import KernelUnavailableError
 from .jit_spec import make_config
-from .loader import load_module
+from .loader import describe_load, load_module
 from .validation import check_index_values, check_shape, check_tensor, validation_mode
 
 _Q_DTYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -45,6 +45,13 @@ def _check_positive_int(name: str, v) -> int:
         raise ValueError(f"{name}: expected a positive int, got {v!r}")
     return v
 
+
+
+def split_count(batch_size: int, num_kv_heads: int, target_blocks: int) -> int:
+    """KV splits per (request, kv head), from the batch size alone: as many blocks as fit in one wave
+    (a partial second wave would cost a whole extra split's time). Short requests use fewer splits on the
+    device (MIN_CHUNK_TOKENS)."""
+    return max(1, min(MAX_SPLITS, target_blocks // (max(batch_size, 1) * num_kv_heads)))
 
 class BatchDecodeWithPagedKVCache:
     """Decode attention over a paged KV cache in FlashInfer's layout.
@@ -132,11 +139,11 @@ class BatchDecodeWithPagedKVCache:
         return self
 
     def num_splits_for(self, batch_size: int) -> int:
-        """KV splits per (request, kv head), from the batch size alone: as many blocks as fit in one wave
-        (a partial second wave would cost a whole extra split's time). Short requests use fewer splits on the
-        device (MIN_CHUNK_TOKENS)."""
-        work = batch_size * self.num_kv_heads
-        return max(1, min(MAX_SPLITS, self.target_blocks // work))
+        return split_count(batch_size, self.num_kv_heads, self.target_blocks)
+
+    def describe_module(self) -> str:
+        """'<module name> (<prebuilt | JIT cache | compiled | rebuilt>, <seconds>)' once loaded, for logs."""
+        return describe_load(self.config)
 
     # ---- per decode step
     def plan(self, kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_last_page_len: torch.Tensor,

@@ -16,6 +16,7 @@ import sanitize_cases as sc
 import sanitize_decode as sd
 import sanitize_summary as ss
 from kvprefetch.jit_kernels import paged_decode_reference
+from kvprefetch.jit_kernels.decode import split_count
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_host" / "sanitize.sh"
@@ -34,7 +35,7 @@ def test_launches_cover_every_path(quick):
     assert any(ln.layout3d for ln in launches)
     for ln in launches:  # on an H100 with one block per SM (the fewest splits) and with two
         for blocks in (132, 264):
-            splits = fc.planned_splits(len(ln.lens), ln.hkv, blocks)
+            splits = split_count(len(ln.lens), ln.hkv, blocks)
             acts = [fc.active_splits(n, splits, 128) for n in ln.lens]
             if len(ln.lens) > 1:
                 assert 0 in acts and 1 in acts and max(acts) >= 2, (ln.name, acts)  # empty, single, merged
@@ -43,7 +44,7 @@ def test_launches_cover_every_path(quick):
 
 
 def test_graph_replays_change_the_split_shape():
-    splits = fc.planned_splits(len(sc.GRAPH.lens), sc.GRAPH.hkv, 132)
+    splits = split_count(len(sc.GRAPH.lens), sc.GRAPH.hkv, 132)
     shapes = [tuple(fc.active_splits(n, splits, 128) for n in lens) for lens in (sc.GRAPH.lens,) + sc.GRAPH_REPLAYS]
     assert len(set(shapes)) == len(shapes) and any(0 in s for s in shapes)
 

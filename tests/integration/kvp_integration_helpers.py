@@ -28,6 +28,15 @@ class FakeDecodeWrapper:
     def load(self):
         self.loaded = True
 
+    config = None  # a subclass may name a real DecodeConfig, described like the real wrapper does
+
+    def describe_module(self):
+        if self.config is None:
+            return type(self).__name__
+        from kvprefetch.jit_kernels.loader import describe_load
+
+        return describe_load(self.config)
+
     def plan(self, kv_indptr, kv_indices, kv_last_page_len, batch_size=None):
         assert self.loaded
         assert kv_indptr.dtype == kv_indices.dtype == kv_last_page_len.dtype == torch.int32
