@@ -35,7 +35,7 @@ import sys
 
 import pytest
 
-from gpu_engine_runs import assert_kvprefetch_served, assert_matches_flashinfer, compare, run_engine
+from gpu_engine_runs import assert_kvprefetch_served, assert_matches_flashinfer, compare, run_engine, stock_bound
 from kvp_integration_helpers import SM90_REASON, is_sm90
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not is_sm90(), reason=SM90_REASON)]
@@ -98,6 +98,20 @@ def test_hybrid_fa3_prefill(tiny_model, tmp_path_factory):
     assert_kvprefetch_served(log)
     assert "decode half of SGLang's HybridAttnBackend" in log
     print(f"hybrid fa3 prefill: {assert_matches_flashinfer(tiny_model, tmp, got)}")
+
+
+def test_logprobs_match_fa3(tiny_model, tmp_path_factory):
+    """Against SGLang's Hopper default too, under the same bound calibrated on Triton vs FlashInfer."""
+    reason = _fa3_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    tmp = str(tmp_path_factory.getbasetemp())
+    ref, _ = run_engine(tiny_model, tmp, attention_backend="fa3")
+    got, log = run_engine(tiny_model, tmp, attention_backend="kvprefetch")
+    assert_kvprefetch_served(log)
+    _, bound, stock = stock_bound(tiny_model, tmp)
+    mx, mean = compare(ref, got, bound=bound, tie=bound[0], min_fraction=0.5 * stock[2])
+    print(f"kvprefetch vs fa3 max |dlogprob| {mx:.4f}, mean {mean:.4f}; bound {bound[0]:.4f} / {bound[1]:.4f}")
 
 
 def test_llama8b_shape_dummy_weights_generates(llama8b_4l_dummy, tmp_path_factory):
