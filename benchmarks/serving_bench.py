@@ -28,6 +28,7 @@ import importlib.util
 import json
 import os
 import queue
+import re
 import shlex
 import signal
 import socket
@@ -79,7 +80,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--gpu", type=str, default=None, help="results slug (default from nvidia-smi)")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--merge-from", type=Path, nargs="+", default=[], metavar="JSON",
+                    help="with --render-only: merge these results files (e.g. one per GPU of a campaign, all of one "
+                         "commit) into <out>/serving-<gpu>.json, replacing it, then render")
     args = ap.parse_args(argv)
+    if args.merge_from and not args.render_only:
+        ap.error("--merge-from goes with --render-only")
     bad = [b for b in args.backends if b not in sr.BACKENDS and not any(n.startswith(b + "=") for n in args.backend_name)]
     if bad:
         ap.error(f"unknown backends {bad} (give --backend-name NAME=ARG for others)")
@@ -391,7 +397,31 @@ def write_outputs(doc: Dict[str, Any], paths: Dict[str, Path], png: bool = True)
     return serving_report.render_png(doc, paths["png"]) if png else None
 
 
+def merge_files(sources: List[Path], dest: Path) -> Optional[str]:
+    """One results doc from several of the same commit and device; the reason when they can't be merged."""
+    docs = [rio.load_json(p) for p in sources]
+    if any(d is None for d in docs):
+        return f"missing or unreadable: {[str(p) for p, d in zip(sources, docs) if d is None]}"
+    stamps = {(d.get("device"), d.get("commit"), d.get("dirty")) for d in docs}
+    if len(stamps) != 1:
+        return f"the files differ in (device, commit, dirty): {sorted(map(str, stamps))}"
+    doc = {k: v for k, v in docs[0].items() if k not in ("rows", "runs")}
+    doc["runs"], doc["rows"] = [], []
+    for p, d in zip(sources, docs):
+        doc["runs"] += [dict(r, source=p.parent.name) for r in d.get("runs", [])]
+        doc["rows"] = rio.merge_rows(doc["rows"], d.get("rows", []), sr.point_key)
+    rio.write_json(dest, doc)
+    return None
+
+
 def render_only(args: argparse.Namespace) -> int:
+    if args.merge_from:
+        dest = args.out / f"serving-{args.gpu or 'h100'}.json"
+        why = merge_files(args.merge_from, dest)
+        if why:
+            print(f"cannot merge: {why}")
+            return 1
+        print(f"merged {len(args.merge_from)} files into {dest}")
     jsons = [args.out / f"serving-{args.gpu}.json"] if args.gpu else sorted(args.out.glob("serving-*.json"))
     if not jsons:
         print(f"no serving-*.json in {args.out}")
@@ -403,7 +433,7 @@ def render_only(args: argparse.Namespace) -> int:
             return 1
         for r in doc.get("rows", []):  # summaries again from the stored runs (aggregation fixes apply)
             if r.get("runs") and not r.get("skipped"):
-                base_note = (r.get("note") or "").split("; TPOT/TTFT from")[0] or None
+                base_note = re.split(r"(?:; )?TPOT/TTFT from", r.get("note") or "")[0] or None
                 sr.aggregate(r, r["runs"], r.get("num_prompts") or 0, base_note)
         doc["rows"] = sr.derive(doc.get("rows", []))
         rio.write_json(j, doc)

@@ -11,7 +11,8 @@ out=${1:?usage: gpu_tests.sh OUTDIR SLICE ...}
 shift
 slices=("$@")
 [ ${#slices[@]} -gt 0 ] || { echo "gpu_tests.sh: name at least one slice (see the header)" >&2; exit 2; }
-mkdir -p "$out/logs"
+mkdir -p "$out/logs" /tmp/kvp-gpu-tests   # pytest makes --basetemp but not its parent
+failed=0
 [ -n "${GPU:-}" ] && export CUDA_VISIBLE_DEVICES=$GPU
 py=${PYTHON:-python3}
 engine_s=65
@@ -27,6 +28,7 @@ run_slice() {  # name, engines, command...
   local t0=$SECONDS
   timeout -k 10 "$limit" "$@" > "$out/logs/$name.log" 2>&1
   local rc=$?
+  [ "$rc" -eq 0 ] || failed=$((failed + 1))
   echo "$name: exit $rc in $((SECONDS - t0)) s (limit $limit s); $(grep -E '[0-9]+ (passed|failed)' "$out/logs/$name.log" | tail -1)"
 }
 
@@ -54,3 +56,4 @@ done
 find /tmp/kvp-gpu-tests -name '*.log' 2>/dev/null | tar czf "$out/logs/engine-logs.tgz" -T - 2>/dev/null
 shopt -s nullglob
 (cd "$out" && tar czf gpu-tests.tgz logs ./*.json && rm -rf logs)
+[ "$failed" -eq 0 ] || { echo "gpu_tests.sh: $failed slice(s) failed" >&2; exit 1; }

@@ -271,3 +271,31 @@ def test_shards_partition_servers(fake_run):
     rows = rio.load_json(out / "serving-h200.json")["rows"]
     assert len(rows) == 8 and len({sr.point_key(r) for r in rows}) == 8
     assert sorted(FakeServer.started) == sorted(["kvprefetch", "flashinfer", "triton"] * 2)
+
+
+def _doc(commit, rows):
+    return {"device": "NVIDIA H100 80GB HBM3", "commit": commit, "dirty": False, "runs": [{"argv": []}], "rows": rows}
+
+
+def _row(backend, conc):
+    return {"model": "llama-3.1-8b", "backend": backend, "page_size": 1, "kv_dtype": "bf16", "input_len": 8192,
+            "output_len": 256, "max_concurrency": conc, "output_tok_s": 100.0}
+
+
+def test_merge_files_joins_one_commit_and_refuses_two(tmp_path):
+    a, b, c = (tmp_path / n / "serving-h100.json" for n in "abc")
+    for p in (a, b, c):
+        p.parent.mkdir()
+    rio.write_json(a, _doc("1" * 40, [_row("fa3", 1)]))
+    rio.write_json(b, _doc("1" * 40, [_row("kvprefetch", 1), _row("fa3", 8)]))
+    rio.write_json(c, _doc("2" * 40, [_row("triton", 1)]))
+    dest = tmp_path / "serving-h100.json"
+    assert sb.merge_files([a, b], dest) is None
+    merged = rio.load_json(dest)
+    assert len(merged["rows"]) == 3 and [r["source"] for r in merged["runs"]] == ["a", "b"]
+    assert "differ" in sb.merge_files([a, c], tmp_path / "x.json")
+
+
+def test_merge_from_needs_render_only():
+    with pytest.raises(SystemExit):
+        sb.parse_args(["--merge-from", "x.json"])

@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""L2 telemetry: L2 hit rate and DRAM traffic of kvprefetch with prefetch off (d0) and on (pf<N>) vs the peers
+flashinfer_tc and fa3, from Nsight Compute counters (clocks not locked: --clock-control none).
+
+    python benchmarks/l2_telemetry.py [--out benchmarks/results] [--shapes 1x16384,8x2048,32x16384] [--distance 2]
+    python benchmarks/l2_telemetry.py --dry-run          # the plan and the ncu command line; no GPU
+
+The command runs itself (--child) under ncu. The child, per shape and kernel, makes warm-up calls outside any NVTX
+range, then CALLS calls each inside the ranges `l2tel` > `l2.<B>x<ctx>.<kernel>.c<i>`; ncu profiles only launches
+under `l2tel` and its raw CSV names each launch's range (l2_ncu.py parses it). Cold L2: ncu's
+--cache-control all flushes the caches before every profiled launch, and the calls also rotate over separately
+allocated KV pools totalling > 4x L2. Writes <out>/l2-<gpu>.json (rows merged by (shape, kernel)) and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import kernel_grid as kg  # noqa: E402
+import l2_ncu as nc  # noqa: E402
+import results_io as rio  # noqa: E402
+
+HEADS = kg.HEAD_SHAPES["llama3_8b"]
+PAGE_SIZE = 16
+KV_DTYPE = "bf16"
+WARMUP = 3
+CALLS = 2
+PEERS = ("flashinfer_tc", "fa3")
+DEFAULT_SHAPES = "1x16384,8x2048,32x16384"
+METHOD = {
+    "ncu": "Nsight Compute, --clock-control none --cache-control all (L2 flushed before every profiled launch, so "
+           "a call's second launch, e.g. a split-KV merge, also starts cold), metrics " + ", ".join(nc.METRICS),
+    "per_call": f"{CALLS} calls per (shape, kernel) after {WARMUP} unprofiled warm-up calls; per call: durations and "
+                "DRAM bytes summed over all its launches, L2 hit rate weighted by L2 sectors (hit_weighting), DRAM % "
+                "of peak weighted by duration; the row is the mean of the calls",
+    "inputs": "pages of every request scattered at random over the pool (kernel_peers.Problem); calls rotate over "
+              "separately allocated KV pools totalling > 4x L2",
+    "units": "dram_read_mb, kv_mb: 10^6 bytes; kv_mb = the K+V bytes one call must read",
+}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=rio.DEFAULT_OUT, help="results folder")
+    ap.add_argument("--shapes", default=DEFAULT_SHAPES, help="batch x ctx list, e.g. 1x16384,8x2K")
+    ap.add_argument("--distance", type=int, default=2, help="prefetch distance of the kvprefetch_pf<N> row (1..8)")
+    ap.add_argument("--ncu", default=None, help="path of ncu (default: $NCU, PATH, /opt/nvidia/nsight-compute, CUDA)")
+    ap.add_argument("--timeout-s", type=float, default=480.0, help="limit for ncu + child; rows are still written")
+    ap.add_argument("--gpu", default=None, help="results slug (default: from the device name)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and the ncu command line; no GPU")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--manifest", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if not 1 <= args.distance <= 8:
+        ap.error("--distance: expected 1..8 (distance 0 is the kvprefetch_d0 row)")
+    try:
+        args.shape_list = parse_shapes(args.shapes)
+    except ValueError as e:
+        ap.error(str(e))
+    return args
+
+
+def parse_shapes(spec: str) -> List[Tuple[int, int]]:
+    """'1x16384,8x2K' -> [(1, 16384), (8, 2048)]."""
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        b, _, c = part.lower().partition("x")
+        try:
+            ctx = int(c[:-1]) * 1024 if c.endswith("k") else int(c)
+            out.append((int(b), ctx))
+        except ValueError:
+            raise ValueError(f"--shapes: expected BATCHxCTX items, got {part!r}") from None
+    if not out:
+        raise ValueError("--shapes: empty")
+    return out
+
+
+def kernels(distance: int) -> List[str]:
+    return ["kvprefetch_d0", f"kvprefetch_pf{distance}", *PEERS]
+
+
+def shape_of(batch: int, ctx: int) -> kg.Shape:
+    return kg.Shape(batch, ctx, PAGE_SIZE, *HEADS, KV_DTYPE)
+
+
+def child_argv(args: argparse.Namespace, manifest: Path) -> List[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child", "--manifest", str(manifest),
+            "--shapes", ",".join(f"{b}x{c}" for b, c in args.shape_list), "--distance", str(args.distance),
+            "--seed", str(args.seed)]
+
+
+# ------------------------------------------------------------------------------------------------ child (GPU)
+
+def child(args: argparse.Namespace) -> int:
+    import torch
+
+    import kernel_bench as kb
+    import kernel_peers as kp
+
+    dev = torch.device("cuda", torch.cuda.current_device())
+    props = torch.cuda.get_device_properties(dev)
+    l2_bytes = int(getattr(props, "L2_cache_size", 50 << 20) or (50 << 20))
+    cap = torch.cuda.get_device_capability(dev)
+    man: Dict[str, Any] = {"device": torch.cuda.get_device_name(dev), "capability": f"{cap[0]}.{cap[1]}",
+                           "l2_mb": round(l2_bytes / 2**20, 1), "cuda": torch.version.cuda,
+                           "prefetch_mode": os.environ.get("KVPREFETCH_PREFETCH_MODE", "line"), "entries": []}
+    names = kernels(args.distance)
+    adapters = dict(kp.ADAPTERS)
+    adapters[names[1]] = type("KvPrefetchPf", (kp.KvPrefetch,), {"name": names[1], "distance": args.distance})
+    cache = kp.Cache(dev)
+    for batch, ctx in args.shape_list:
+        shape = shape_of(batch, ctx)
+        torch.cuda.empty_cache()
+        # pools: enough separate KV pools that > 4x L2 of other KV is read between two uses of one (at least 2)
+        pools, _ = kg.plan_layers(shape.pool_bytes, int(torch.cuda.mem_get_info(dev)[0] * 0.8), l2_bytes,
+                                  base_layers=1)
+        print(f"[l2] batch {batch} ctx {rio.fmt_tokens(ctx)}: {pools} KV pools of "
+              f"{shape.pool_bytes / 2**20:.0f} MiB", flush=True)
+        prob, why = None, "one KV pool does not fit in memory"
+        try:
+            prob = kp.Problem(shape, pools, dev, seed=args.seed) if pools else None
+        except Exception as e:
+            why = f"inputs could not be built: {kb._reason(e)}"
+        for name in names:
+            ent: Dict[str, Any] = {"batch": batch, "ctx": ctx, "kernel": name}
+            try:
+                if prob is None:
+                    raise kp.Unsupported(why)
+                kern = adapters[name](prob, cache)
+                out = kern(0)
+                torch.cuda.synchronize()
+                ent.update(max_rel_err=prob.max_rel_err(out), prefetch_distance=kern.prefetch_distance)
+                for i in range(1, WARMUP):
+                    kern(i % pools)
+                torch.cuda.synchronize()
+                for c in range(CALLS):
+                    with torch.cuda.nvtx.range(nc.TAG), torch.cuda.nvtx.range(nc.call_label(batch, ctx, name, c)):
+                        kern((WARMUP + c) % pools)
+                        torch.cuda.synchronize()
+                del kern, out
+            except Exception as e:  # the kernel cannot run here: its row says why
+                ent["skipped"] = str(e)[:400] if isinstance(e, kp.Unsupported) else kb._reason(e)
+            print(f"[l2]   {name:16s} " + (f"skipped: {ent['skipped'][:120]}" if ent.get("skipped") else
+                                           f"profiled (rel.err {ent['max_rel_err']:.1e})"), flush=True)
+            man["entries"].append(ent)
+            rio.write_json(args.manifest, man)
+            dead = kb._cuda_dead(torch)
+            if dead:
+                print(f"[l2] FATAL CUDA error, stopping: {dead}", flush=True)
+                return 3
+        if prob is not None:
+            prob.free()
+        del prob
+    rio.write_json(args.manifest, man)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parent
+
+def device_name() -> str:
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                           text=True, timeout=30)
+        return r.stdout.splitlines()[0].strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def build_rows(args: argparse.Namespace, man: Dict[str, Any], measured: Dict[Tuple, Dict[str, Any]],
+               missing_reason: str) -> List[Dict[str, Any]]:
+    entries = {(e["batch"], e["ctx"], e["kernel"]): e for e in man.get("entries", [])}
+    rows = []
+    for batch, ctx in args.shape_list:
+        s = shape_of(batch, ctx)
+        for name in kernels(args.distance):
+            key = (batch, ctx, name)
+            e = entries.get(key, {})
+            m = measured.get(key) if not e.get("skipped") else None
+            row: Dict[str, Any] = {
+                "shape": {"batch": batch, "ctx": ctx, "page_size": s.page_size, "num_qo_heads": s.num_qo_heads,
+                          "num_kv_heads": s.num_kv_heads, "head_dim": s.head_dim},
+                "kernel": name, "l2_hit_pct": None, "dram_pct_peak": None, "dram_read_mb": None,
+                "kv_mb": s.kv_bytes / 1e6, "duration_us": None, "kernels_per_call": None, "skipped": None}
+            if name.startswith("kvprefetch"):
+                row["prefetch_distance"] = e.get("prefetch_distance", 0 if name.endswith("_d0") else args.distance)
+            if m:
+                row.update({k: m[k] for k in ("l2_hit_pct", "dram_pct_peak", "dram_read_mb", "duration_us",
+                                              "kernels_per_call", "hit_weighting", "kernel_names")})
+                row["dram_read_over_kv"] = m["dram_read_mb"] / row["kv_mb"]
+                row["max_rel_err"] = e.get("max_rel_err")
+            else:
+                row["skipped"] = e.get("skipped") or (missing_reason if e else
+                                                      f"not reached by the profiled child ({missing_reason})")
+            rows.append(row)
+    return rows
+
+
+def row_key(r: Dict[str, Any]) -> Tuple:
+    return tuple(sorted(r["shape"].items())) + (r["kernel"],)
+
+
+def render_md(doc: Dict[str, Any]) -> str:
+    v = doc.get("versions") or {}
+    out = [f"# L2 telemetry — {doc.get('device', '?')}\n",
+           f"commit `{doc.get('commit')}`{' (dirty)' if doc.get('dirty') else ''}; ncu {doc.get('ncu_version')}; "
+           f"torch {v.get('torch')}, FlashInfer {v.get('flashinfer')}, sgl-kernel {v.get('sglang_kernel')}, "
+           f"CUDA {v.get('cuda')}; L2 {doc.get('l2_mb')} MB.\n"]
+    out += [f"- {k}: {t}" for k, t in (doc.get("method") or {}).items()]
+    shapes: Dict[Tuple, List[Dict[str, Any]]] = {}
+    for r in doc.get("rows", []):
+        shapes.setdefault(tuple(r["shape"].values()), []).append(r)
+    for rows in shapes.values():
+        s = rows[0]["shape"]
+        out.append(f"\n## batch {s['batch']}, ctx {rio.fmt_tokens(s['ctx'])} (page {s['page_size']}, "
+                   f"{s['num_qo_heads']}/{s['num_kv_heads']} heads, d {s['head_dim']}; KV "
+                   f"{rio.fmt_num(rows[0]['kv_mb'])} MB per call)\n")
+        table = []
+        for r in rows:
+            ok = r["skipped"] is None
+            table.append([r["kernel"], r.get("prefetch_distance", ""),
+                          *(rio.fmt_num(r[f]) if ok else "" for f in ("l2_hit_pct", "dram_pct_peak", "dram_read_mb")),
+                          rio.fmt_num(r.get("dram_read_over_kv"), 2) if ok else "",
+                          rio.fmt_num(r["duration_us"]) if ok else "", r["kernels_per_call"] if ok else "",
+                          "" if ok else f"skipped: {r['skipped']}"])
+        out.append(rio.md_table(["kernel", "prefetch", "L2 hit %", "DRAM % of peak", "DRAM read MB",
+                                 "read / KV", "µs per call", "kernels per call", "note"], table,
+                                ["l", "r", "r", "r", "r", "r", "r", "r", "l"]))
+        peers = [r for r in rows if r["kernel"] in PEERS and r["skipped"] is None]
+        if peers:
+            best = min(peers, key=lambda r: r["duration_us"])
+            out.append(f"Fastest peer here (under ncu): {best['kernel']}.\n")
+    return "\n".join(out) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    ncu = nc.find(args.ncu)
+    man: Dict[str, Any] = {}
+    measured: Dict[Tuple, Dict[str, Any]] = {}
+    version = cmd = None
+    if ncu is None:
+        reason = ("Nsight Compute (ncu) not found (looked at --ncu, $NCU, PATH, /opt/nvidia/nsight-compute/*/ncu, "
+                  "/usr/local/cuda*/bin/ncu)")
+    else:
+        version = nc.version(ncu)
+        print(f"l2_telemetry: {ncu} ({version}); plan {len(args.shape_list)} shapes x {kernels(args.distance)}",
+              flush=True)
+        with tempfile.TemporaryDirectory(prefix="l2tel-") as td:
+            log, mpath = Path(td) / "ncu.log", Path(td) / "manifest.json"
+            cmd = nc.command(ncu, log, child_argv(args, mpath))
+            rc, text = nc.profile(cmd, log, args.timeout_s)
+            man = rio.load_json(mpath) or {}
+        try:
+            measured = nc.aggregate(nc.launches(text))
+        except ValueError as e:
+            text += f"\n==ERROR== ncu CSV not understood: {e}"
+        fatal = nc.fatal_reason(text)
+        reason = (fatal or (f"profiled child exited {rc}" if rc else
+                            "no profiled launch was attributed to its NVTX ranges"))
+    if not measured:
+        print(f"l2_telemetry: nothing measured: {reason}", flush=True)
+    name = man.get("device") or device_name()
+    slug = args.gpu or rio.device_slug(name)
+    json_path, md_path = args.out / f"l2-{slug}.json", args.out / f"l2-{slug}.md"
+    old = rio.load_json(json_path) or {}
+    doc: Dict[str, Any] = {"device": name, "gpu": slug, "capability": man.get("capability"),
+                           "l2_mb": man.get("l2_mb")}
+    doc.update(rio.stamp({"cuda": man.get("cuda")}))
+    doc.update(ncu_version=version, ncu_command=shlex.join(cmd) if cmd else None,
+               prefetch_mode=man.get("prefetch_mode"), method=METHOD)
+    rows = build_rows(args, man, measured, reason)
+    doc["rows"] = rio.merge_rows(old.get("rows", []), rows, row_key)
+    rio.write_json(json_path, doc)
+    rio.write_text(md_path, render_md(doc))
+    print(f"wrote {json_path} and {md_path}: {sum(r['skipped'] is None for r in rows)}/{len(rows)} rows measured")
+    return 0 if any(r["skipped"] is None for r in rows) else 1
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    print(f"shapes: {[f'{b}x{rio.fmt_tokens(c)}' for b, c in args.shape_list]} (page {PAGE_SIZE}, "
+          f"{HEADS[0]}/{HEADS[1]} heads, d {HEADS[2]}, {KV_DTYPE})")
+    print(f"kernels: {kernels(args.distance)}; {WARMUP} warm-up + {CALLS} profiled calls each")
+    ncu = nc.find(args.ncu)
+    print(f"ncu: {ncu or 'NOT FOUND (a run would write every row skipped)'}")
+    td = Path(tempfile.gettempdir()) / "l2tel-XXXX"
+    print("command: " + shlex.join(nc.command(ncu or "ncu", td / "ncu.log", child_argv(args, td / "manifest.json"))))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child(args)
+    return dry_run(args) if args.dry_run else run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
