@@ -5,6 +5,7 @@ own bench_serving (random token ids, exact lengths), stopped cleanly before the 
     python benchmarks/serving_bench.py                                  # everything (~1 h of GPU: shard it)
     python benchmarks/serving_bench.py --models llama-3.2-1b --backends kvprefetch fa3 --deadline-s 540
     python benchmarks/serving_bench.py --shard 0/4 --deadline-s 540     # 1 of 4 slices of the servers
+    python benchmarks/serving_bench.py --large --shard 0/4 --deadline-s 540   # the larger sweep (~83 min: shard it)
     python benchmarks/serving_bench.py --dry-run                        # plan + estimate, no GPU
     python benchmarks/serving_bench.py --render-only                    # md + png from the JSON
 
@@ -52,10 +53,15 @@ FALLBACK_MARKERS = ("falling back to SGLang's Triton", "KVPREFETCH_DISABLE=1")
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=list(sr.MODELS), help=f"model shapes ({' '.join(sr.MODELS)})")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help=f"model shapes (default {' '.join(sr.MODELS)}; also {' '.join(sr.LARGE_MODELS)} with --large)")
     ap.add_argument("--backends", nargs="+", default=list(sr.BACKENDS), help=f"({' '.join(sr.BACKENDS)})")
     ap.add_argument("--workloads", type=str, default=None,
-                    help="INPUT:OUTPUT:CONC,... (default 8K:256:1,8K:256:8,16K:256:1,16K:256:8,1K:128:64)")
+                    help="INPUT:OUTPUT:CONC,... (default 8K:256:1,8K:256:8,16K:256:1,16K:256:8,1K:128:64; "
+                         "CONC U: unbounded)")
+    ap.add_argument("--large", action="store_true",
+                    help="the larger sweep: models llama-3.1-8b qwen2.5-7b, workloads 32K:256:1,32K:256:8,1K:128:U "
+                         "(U: all prompts in flight at once); run it in shards (--shard) that resume")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--num-prompts", type=int, default=None, help="per run (default max(16, 2 x concurrency))")
     ap.add_argument("--page-size", type=int, default=1, help="--page-size of every server (SGLang default 1)")
@@ -84,6 +90,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     help="with --render-only: merge these results files (e.g. one per GPU of a campaign, all of one "
                          "commit) into <out>/serving-<gpu>.json, replacing it, then render")
     args = ap.parse_args(argv)
+    if args.models is None:
+        args.models = list(sr.LARGE_MODELS if args.large else sr.MODELS)
     if args.merge_from and not args.render_only:
         ap.error("--merge-from goes with --render-only")
     bad = [b for b in args.backends if b not in sr.BACKENDS and not any(n.startswith(b + "=") for n in args.backend_name)]
@@ -91,8 +99,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         ap.error(f"unknown backends {bad} (give --backend-name NAME=ARG for others)")
     bad = [m for m in args.models if m not in sr.PREFILL_TOK_S]
     if bad:
-        ap.error(f"unknown models {bad}; choose from {list(sr.MODELS)}")
-    args.workload_list = sr.parse_workloads(args.workloads)
+        ap.error(f"unknown models {bad}; choose from {sorted(sr.PREFILL_TOK_S)}")
+    args.workload_list = sr.parse_workloads(args.workloads, sr.LARGE_WORKLOADS if args.large else sr.WORKLOADS)
     args.shard_tuple = sr.parse_shard(args.shard)
     args.backend_args = dict(n.split("=", 1) for n in args.backend_name)
     if args.repeats < 1:
@@ -155,7 +163,8 @@ def free_port() -> int:
 
 
 def server_cmd(server: sr.Server, model_dir: Path, port: int, args: argparse.Namespace) -> List[str]:
-    max_bs = args.cuda_graph_max_bs or max([8] + [w.max_concurrency for w in args.workload_list])
+    max_bs = args.cuda_graph_max_bs or max([8] + [w.max_concurrency or sr.num_prompts_for(w, args.num_prompts)
+                                                  for w in args.workload_list])
     return [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_dir), "--load-format", "dummy",
             "--attention-backend", args.backend_args.get(server.backend, server.backend),
             "--host", "127.0.0.1", "--port", str(port), "--mem-fraction-static", str(args.mem_fraction_static),
@@ -169,7 +178,7 @@ def client_argv(w: sr.Workload, model_dir: Path, port: int, num_prompts: int, se
     return ["--backend", "sglang", "--host", "127.0.0.1", "--port", str(port), "--model", str(model_dir),
             "--tokenizer", str(model_dir), "--dataset-name", "random-ids", "--random-input-len", str(w.input_len),
             "--random-output-len", str(w.output_len), "--random-range-ratio", "1.0", "--tokenize-prompt",
-            "--num-prompts", str(num_prompts), "--max-concurrency", str(w.max_concurrency), "--seed", str(seed),
+            "--num-prompts", str(num_prompts), "--max-concurrency", str(w.max_concurrency or num_prompts), "--seed", str(seed),
             "--output-file", str(output_file), "--disable-tqdm", "--warmup-requests", str(warmup),
             "--ready-check-timeout-sec", "60"]
 

@@ -14,6 +14,12 @@ WORKLOADS: Tuple[Tuple[int, int, int], ...] = (
     (8192, 256, 1), (8192, 256, 8), (16384, 256, 1), (16384, 256, 8), (1024, 128, 64),
 )
 MIN_PROMPTS = 16
+# The larger sweep (serving_bench --large): the Qwen2.5-7B shape too, 32K inputs, and every prompt in flight at
+# once ("unbounded": max_concurrency 0 here, sent as --max-concurrency = the prompt count).
+LARGE_MODELS = ("llama-3.1-8b", "qwen2.5-7b")
+LARGE_WORKLOADS: Tuple[Tuple[int, int, int], ...] = ((32768, 256, 1), (32768, 256, 8), (1024, 128, 0))
+UNBOUNDED = 0
+UNBOUNDED_PROMPTS = 256
 
 POINT_FIELDS = ("model", "backend", "page_size", "kv_dtype", "input_len", "output_len", "max_concurrency")
 ROW_FIELDS = POINT_FIELDS + (
@@ -30,17 +36,18 @@ class Workload:
     max_concurrency: int
 
     def label(self) -> str:
-        return f"{_tok(self.input_len)} in / {_tok(self.output_len)} out, conc {self.max_concurrency}"
+        conc = "unbounded" if self.max_concurrency == UNBOUNDED else self.max_concurrency
+        return f"{_tok(self.input_len)} in / {_tok(self.output_len)} out, conc {conc}"
 
 
 def _tok(n: int) -> str:
     return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
-def parse_workloads(spec: Optional[str]) -> List[Workload]:
-    """'8192:256:1,1024:128:64' (also '8K:256:1') -> workloads; None -> the default set."""
+def parse_workloads(spec: Optional[str], default=WORKLOADS) -> List[Workload]:
+    """'8192:256:1,1024:128:64' (also '8K:256:1'; concurrency 'U': unbounded) -> workloads; None -> ``default``."""
     if not spec:
-        return [Workload(*w) for w in WORKLOADS]
+        return [Workload(*w) for w in default]
     out = []
     for part in spec.split(","):
         part = part.strip()
@@ -50,13 +57,14 @@ def parse_workloads(spec: Optional[str]) -> List[Workload]:
         if len(fields) != 3:
             raise ValueError(f"workload {part!r}: expected INPUT:OUTPUT:CONCURRENCY")
         vals = []
-        for f in fields:
+        unbounded = fields[2].strip().upper() == "U"
+        for f in fields[:2] + ([] if unbounded else fields[2:]):
             f = f.strip().upper()
             mult = 1024 if f.endswith("K") else 1
             vals.append(int(f[:-1] if mult > 1 else f) * mult)
         if min(vals) <= 0:
             raise ValueError(f"workload {part!r}: values must be positive")
-        out.append(Workload(*vals))
+        out.append(Workload(*vals, UNBOUNDED) if unbounded else Workload(*vals))
     return out
 
 
@@ -64,6 +72,8 @@ def num_prompts_for(w: Workload, override: Optional[int] = None) -> int:
     """At least MIN_PROMPTS, and at least two full waves of the concurrency."""
     if override:
         return max(override, 1)
+    if w.max_concurrency == UNBOUNDED:
+        return UNBOUNDED_PROMPTS
     return max(MIN_PROMPTS, 2 * w.max_concurrency)
 
 
@@ -204,16 +214,17 @@ def derive(rows: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 # ---- time estimate (H100, dummy weights; rough, for planning a 10-minute job) ------------------------
-PREFILL_TOK_S = {"llama-3.1-8b": 11000.0, "llama-3.2-1b": 45000.0}
-DECODE_STEP_S = {"llama-3.1-8b": 0.0075, "llama-3.2-1b": 0.0030}   # at concurrency 1; grows with batch*ctx
+PREFILL_TOK_S = {"llama-3.1-8b": 11000.0, "llama-3.2-1b": 45000.0, "qwen2.5-7b": 12000.0}  # qwen: estimated
+DECODE_STEP_S = {"llama-3.1-8b": 0.0075, "llama-3.2-1b": 0.0030, "qwen2.5-7b": 0.0070}   # at concurrency 1; grows with batch*ctx
 SERVER_START_S = {"kvprefetch": 110.0, "fa3": 75.0, "flashinfer": 90.0, "triton": 100.0}
 CLIENT_OVERHEAD_S = 3.0
 
 
 def estimate_point_s(model: str, w: Workload, num_prompts: int, repeats: int) -> float:
     prefill = PREFILL_TOK_S.get(model, 11000.0)
-    step = DECODE_STEP_S.get(model, 0.0075) * (1.0 + 0.04 * w.max_concurrency * w.input_len / 8192)
-    waves = -(-num_prompts // w.max_concurrency)
+    conc = w.max_concurrency or num_prompts
+    step = DECODE_STEP_S.get(model, 0.0075) * (1.0 + 0.04 * conc * w.input_len / 8192)
+    waves = -(-num_prompts // conc)
     one = num_prompts * w.input_len / prefill + waves * w.output_len * step
     warm = w.input_len / prefill + w.output_len * step
     return repeats * (one + CLIENT_OVERHEAD_S) + warm

@@ -114,3 +114,23 @@ def test_runs_without_first_token_time_are_left_out_of_tpot_and_ttft():
     assert r["tpot_ms_p50"] == 6.79 and r["ttft_ms_p50"] == 222.0
     assert r["itl_ms_p50"] == (6.704 + 6.705) / 2
     assert "1 of 2 runs" in r["note"]
+
+
+def test_unbounded_workload_parses_labels_and_sends_every_prompt_at_once(tmp_path):
+    import serving_bench as sb
+
+    (w,) = sr.parse_workloads("1K:128:U")
+    assert w.max_concurrency == sr.UNBOUNDED and w.label() == "1K in / 128 out, conc unbounded"
+    assert sr.num_prompts_for(w) == sr.UNBOUNDED_PROMPTS
+    assert sr.estimate_point_s("qwen2.5-7b", w, sr.UNBOUNDED_PROMPTS, 3) > 0
+    argv = sb.client_argv(w, tmp_path, 1, sr.UNBOUNDED_PROMPTS, 1, tmp_path / "o.jsonl", 0)
+    assert argv[argv.index("--max-concurrency") + 1] == str(sr.UNBOUNDED_PROMPTS)
+
+
+def test_large_sweep_defaults():
+    import serving_bench as sb
+
+    args = sb.parse_args(["--large"])
+    assert args.models == list(sr.LARGE_MODELS)
+    assert [(w.input_len, w.max_concurrency) for w in args.workload_list] == [(32768, 1), (32768, 8), (1024, 0)]
+    assert sb.parse_args([]).models == list(sr.MODELS)
