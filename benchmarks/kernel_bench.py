@@ -62,7 +62,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate; no GPU")
     ap.add_argument("--render-only", action="store_true", help="rewrite .md/.png from the existing JSON")
     ap.add_argument("--gpu", type=str, default=None, help="slug for --render-only/--dry-run (default: all/h100)")
+    ap.add_argument("--stages", type=int, nargs="+", default=[], metavar="N",
+                    help="also run kvprefetch with an N-deep cp.async ring (kernel kvprefetch_sN; experiments)")
     args = ap.parse_args(argv)
+    bad = [n for n in args.stages if not 2 <= n <= 8]
+    if bad:
+        ap.error(f"--stages: expected values 2..8, got {bad}")
     if args.only:
         bad = [k for k in args.only if k not in kg.ALL_KERNELS]
         if bad:
@@ -76,6 +81,8 @@ def selected(args: argparse.Namespace):
                                 quick=args.quick, page_sizes=pages)
     grid = kg.QUICK_GRID if args.quick else kg.GRID
     kernels = [k for k in RUN_ORDER if (args.only is None or k in args.only or k == kg.READ_BOUND)]
+    at = max(kernels.index(k) for k in (kg.READ_BOUND, "kvprefetch", "kvprefetch_d0") if k in kernels) + 1
+    kernels[at:at] = [f"kvprefetch_s{n}" for n in args.stages]
     return configs, grid, kernels
 
 
@@ -142,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
     import graph_timing as gt
     import kernel_peers as kp
     import read_bound
+
+    for n in args.stages:
+        kp.ADAPTERS.setdefault(f"kvprefetch_s{n}", kp.stages_variant(n))
 
     t_start = time.time()
     dev = torch.device("cuda", torch.cuda.current_device())

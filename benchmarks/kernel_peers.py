@@ -166,17 +166,19 @@ class Kernel:
 class KvPrefetch(Kernel):
     name = "kvprefetch"
     distance: Optional[int] = None
+    stages: Optional[int] = None  # None: the tuned table; set by stages_variant for experiments
 
     def __init__(self, prob: Problem, cache: Cache):
         from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 
         s = prob.shape
-        key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance)
+        key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance,
+               self.stages)
         w = cache.wrappers.get(key)
         if w is None:
             w = BatchDecodeWithPagedKVCache(s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, Q_TORCH,
                                             prob.kv_dtype, prob.device, max_batch_size=256,
-                                            prefetch_distance=self.distance)
+                                            prefetch_distance=self.distance, stages=self.stages)
             w.load()
             cache.wrappers[key] = w
         self.w, self.prob = w, prob
@@ -193,6 +195,11 @@ class KvPrefetch(Kernel):
 class KvPrefetchD0(KvPrefetch):
     name = "kvprefetch_d0"
     distance = 0
+
+
+def stages_variant(n: int) -> type:
+    """kvprefetch with an n-deep cp.async ring instead of the tuned table (kernel name ``kvprefetch_s<n>``)."""
+    return type(f"KvPrefetchS{n}", (KvPrefetch,), {"name": f"kvprefetch_s{n}", "stages": n})
 
 
 class FlashInferDecode(Kernel):

@@ -21,6 +21,7 @@ REGIME_TEXT = {
 def _kernels_present(rows: Sequence[Dict[str, Any]]) -> List[str]:
     present = {r["kernel"] for r in rows}
     order = [k for k in (READ_BOUND,) + tuple(k for k in ALL_KERNELS if k != READ_BOUND) if k in present]
+    order += sorted(k for k in present if k not in order)  # experiment variants, e.g. kvprefetch_s6
     return order + sorted(present - set(order))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from kernel_grid import KVPREFETCH_KERNELS, READ_BOUND, Shape
+from kernel_grid import READ_BOUND, Shape
 
 REL_ERR_TOL = 2e-2
 
@@ -72,7 +72,7 @@ def ran(r: Dict[str, Any]) -> bool:
 
 
 def is_peer(kernel: str) -> bool:
-    return kernel not in KVPREFETCH_KERNELS and kernel != READ_BOUND
+    return not kernel.startswith("kvprefetch") and kernel != READ_BOUND  # kvprefetch_s<n>: our variants too
 
 
 def derive(rows: Iterable[Dict[str, Any]], hbm_copy_gbps: Optional[float] = None) -> List[Dict[str, Any]]:

@@ -159,6 +159,21 @@ def _train_tokenizer(specials, vocab_size: int):
     return tok
 
 
+def _cover_vocab(tok, vocab_size: int):
+    """Give every id below ``vocab_size`` a vocabulary entry (`` tok<id>``), so every token the model can emit
+    decodes to text. SGLang's bench_serving takes the first non-empty text chunk as the first token: ids the
+    tokenizer does not know decode to "", leave the request's TTFT at 0 and fold the prefill into its TPOT."""
+    from tokenizers import Tokenizer
+
+    doc = json.loads(tok.to_str())
+    vocab = doc["model"]["vocab"]
+    used = set(vocab.values()) | {a["id"] for a in doc["added_tokens"]}
+    for tid in range(vocab_size):
+        if tid not in used:
+            vocab[f"\u0120tok{tid}"] = tid  # "Ġ" is the byte-level space: decodes to " tok<id>"
+    return Tokenizer.from_str(json.dumps(doc))
+
+
 def _write_json(path: str, obj: Any) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=2)
@@ -229,7 +244,7 @@ def write_model_folder(
     os.makedirs(path, exist_ok=True)
 
     specials = _SPECIALS[cfg["model_type"]]
-    tok = _train_tokenizer(specials, min(tokenizer_vocab, cfg["vocab_size"]))
+    tok = _cover_vocab(_train_tokenizer(specials, min(tokenizer_vocab, cfg["vocab_size"])), cfg["vocab_size"])
     tok.save(os.path.join(path, "tokenizer.json"))
     if cfg["model_type"] == "llama":
         bos_tok, eos_tok = specials[0], specials[1]

@@ -72,6 +72,7 @@ class BatchDecodeWithPagedKVCache:
         device: torch.device | str,
         max_batch_size: int = 256,
         prefetch_distance: int | None = None,
+        stages: int | None = None,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -101,6 +102,9 @@ class BatchDecodeWithPagedKVCache:
         if isinstance(prefetch_distance, bool) or not isinstance(prefetch_distance, int) or not 0 <= prefetch_distance <= 8:
             raise ValueError(f"prefetch_distance: expected an int 0..8, got {prefetch_distance!r}")
 
+        if stages is not None and (isinstance(stages, bool) or not isinstance(stages, int) or not 2 <= stages <= 8):
+            raise ValueError(f"stages: expected None (the tuned table) or an int 2..8, got {stages!r}")
+
         self.num_qo_heads, self.num_kv_heads, self.group = num_qo_heads, num_kv_heads, group
         self.head_dim, self.page_size = head_dim, page_size
         self.q_dtype, self.kv_dtype = q_dtype, kv_dtype
@@ -110,7 +114,7 @@ class BatchDecodeWithPagedKVCache:
         self.max_batch_size = max_batch_size
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
-        self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk())
+        self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages)
         self._module = None
         self._plan = None
 

@@ -53,8 +53,11 @@ class DecodeConfig:
 STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128, True): 4, (256, True): 2}
 
 
-def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False) -> DecodeConfig:
-    return DecodeConfig(q_dtype, kv_fp8, head_dim, STAGES[(head_dim, kv_fp8)], prefetch, prefetch_bulk and prefetch > 0)
+def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False,
+                stages: int | None = None) -> DecodeConfig:
+    """``stages`` overrides the table (experiments: the benchmark's ``--stages``)."""
+    return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
+                        prefetch_bulk and prefetch > 0)
 
 
 def _source_digest() -> str:

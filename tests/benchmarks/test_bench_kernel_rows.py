@@ -117,3 +117,9 @@ def test_summary_by_regime():
     assert s["cold"]["shapes"] == 2 and s["cold"]["compared"] == 2 and s["cold"]["wins"] == 1
     assert s["cold"]["geomean_speedup_over_best_peer"] == pytest.approx(math.sqrt(2.0 * 0.5))
     assert s["in_sequence"]["compared"] == 0 and s["in_sequence"]["geomean_speedup_over_best_peer"] is None
+
+
+def test_stage_variants_are_ours_not_peers():
+    import kernel_rows as kr
+
+    assert not kr.is_peer("kvprefetch_s6") and not kr.is_peer("kvprefetch_d0") and kr.is_peer("fa3")

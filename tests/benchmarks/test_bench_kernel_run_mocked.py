@@ -209,3 +209,11 @@ def test_config_level_failures():
     assert not cl(AssertionError("q.shape[0] <= attn_logits.shape[0]"), Unsup)
     r = kernel_bench._reason(RuntimeError("first line\nmiddle\nlast line"))
     assert r == "RuntimeError: first line ... last line"
+
+
+def test_stages_flag_adds_variant_kernels_after_ours():
+    args = kernel_bench.parse_args(["--stages", "6", "--quick"])
+    _, _, kernels = kernel_bench.selected(args)
+    assert kernels.index("kvprefetch_s6") == kernels.index("kvprefetch_d0") + 1
+    with pytest.raises(SystemExit):
+        kernel_bench.parse_args(["--stages", "9"])

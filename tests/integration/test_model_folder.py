@@ -75,6 +75,8 @@ def test_write_folder_and_load_tokenizer(tmp_path, shape, layers):
     ids = tok.encode(text).ids
     assert ids and max(ids) < cfg["vocab_size"]
     assert tok.decode(ids) == text  # byte-level BPE round-trips
+    assert tok.get_vocab_size() == cfg["vocab_size"]  # every id the model can emit decodes to text
+    assert all(tok.decode([i]).strip() for i in (cfg["vocab_size"] - 1, cfg["vocab_size"] // 2))
     tc = json.loads((out / "tokenizer_config.json").read_text())
     assert tok.token_to_id(tc["eos_token"]) == cfg["eos_token_id"]
     assert tok.token_to_id(tc["bos_token"]) == cfg["bos_token_id"]

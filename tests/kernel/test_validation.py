@@ -1,5 +1,7 @@
 """Every argument check of the op raises a ValueError naming the argument (CPU: checks run before any launch)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -22,6 +24,9 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(max_batch_size=-1), "max_batch_size"),
     (dict(prefetch_distance=9), "prefetch_distance"),
     (dict(prefetch_distance=-1), "prefetch_distance"),
+    (dict(stages=1), "stages"),
+    (dict(stages=9), "stages"),
+    (dict(stages=True), "stages"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -74,3 +79,10 @@ def test_index_values_are_checked(indptr, indices, last, needle):
 
 def test_valid_index_values_pass():
     check_index_values(*_table([0, 1, 3], [2, 0, 1], [16, 3]), page_size=16, num_pages=4)
+
+
+def test_stages_override_changes_only_the_ring_depth():
+    w = BatchDecodeWithPagedKVCache(32, 8, 64, 16, torch.bfloat16, torch.bfloat16, "cpu", stages=6)
+    tuned = BatchDecodeWithPagedKVCache(32, 8, 64, 16, torch.bfloat16, torch.bfloat16, "cpu")
+    assert w.config.stages == 6 and tuned.config.stages != 6
+    assert dataclasses.replace(w.config, stages=tuned.config.stages) == tuned.config
