@@ -64,6 +64,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--gpu", type=str, default=None, help="slug for --render-only/--dry-run (default: all/h100)")
     ap.add_argument("--stages", type=int, nargs="+", default=[], metavar="N",
                     help="also run kvprefetch with an N-deep cp.async ring (kernel kvprefetch_sN; experiments)")
+    ap.add_argument("--pdl", action="store_true",
+                    help="also run kvprefetch with programmatic dependent launch (kernel kvprefetch_pdl; experiment)")
     args = ap.parse_args(argv)
     bad = [n for n in args.stages if not 2 <= n <= 8]
     if bad:
@@ -75,6 +77,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    """The kvprefetch variants asked for with --stages / --pdl, as kernel_peers.variant() arguments."""
+    return [dict(stages=n) for n in args.stages] + ([dict(pdl=True)] if args.pdl else [])
+
+
 def selected(args: argparse.Namespace):
     pages = [int(x) for x in args.page_sizes.split(",")] if args.page_sizes else None
     configs = kg.select_configs(fp8=args.fp8, page_size_64=args.page_size_64, group7=args.group7, hd64=args.hd64,
@@ -82,7 +89,7 @@ def selected(args: argparse.Namespace):
     grid = kg.QUICK_GRID if args.quick else kg.GRID
     kernels = [k for k in RUN_ORDER if (args.only is None or k in args.only or k == kg.READ_BOUND)]
     at = max(kernels.index(k) for k in (kg.READ_BOUND, "kvprefetch", "kvprefetch_d0") if k in kernels) + 1
-    kernels[at:at] = [f"kvprefetch_s{n}" for n in args.stages]
+    kernels[at:at] = [kg.variant_name(**s) for s in experiment_specs(args)]
     return configs, grid, kernels
 
 
@@ -150,8 +157,8 @@ def run(args: argparse.Namespace) -> int:
     import kernel_peers as kp
     import read_bound
 
-    for n in args.stages:
-        kp.ADAPTERS.setdefault(f"kvprefetch_s{n}", kp.stages_variant(n))
+    for s in experiment_specs(args):
+        kp.ADAPTERS.setdefault(kg.variant_name(**s), kp.variant(**s))
 
     t_start = time.time()
     dev = torch.device("cuda", torch.cuda.current_device())

@@ -31,6 +31,11 @@ KVPREFETCH_KERNELS = ("kvprefetch", "kvprefetch_d0")
 PEER_KERNELS = ("flashinfer_cc", "flashinfer_tc", "flashinfer_cudnn", "xqa", "sglang_triton", "fa3")
 READ_BOUND = "read_bound"
 ALL_KERNELS = KVPREFETCH_KERNELS + PEER_KERNELS + (READ_BOUND,)
+
+
+def variant_name(stages: Optional[int] = None, pdl: bool = False) -> str:
+    """Kernel name of a kvprefetch experiment variant (kernel_bench --stages / --pdl)."""
+    return "kvprefetch" + (f"_s{stages}" if stages else "") + ("_pdl" if pdl else "")
 REGIMES = ("in_sequence", "cold")
 
 

@@ -45,7 +45,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from kernel_grid import Shape
+from kernel_grid import Shape, variant_name
 
 TORCH_KV_DTYPES = {"bf16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn}
 Q_TORCH = torch.bfloat16
@@ -166,19 +166,20 @@ class Kernel:
 class KvPrefetch(Kernel):
     name = "kvprefetch"
     distance: Optional[int] = None
-    stages: Optional[int] = None  # None: the tuned table; set by stages_variant for experiments
+    stages: Optional[int] = None  # None: the tuned table; set by variant() for experiments
+    pdl = False
 
     def __init__(self, prob: Problem, cache: Cache):
         from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 
         s = prob.shape
         key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance,
-               self.stages)
+               self.stages, self.pdl)
         w = cache.wrappers.get(key)
         if w is None:
             w = BatchDecodeWithPagedKVCache(s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, Q_TORCH,
                                             prob.kv_dtype, prob.device, max_batch_size=256,
-                                            prefetch_distance=self.distance, stages=self.stages)
+                                            prefetch_distance=self.distance, stages=self.stages, pdl=self.pdl)
             w.load()
             cache.wrappers[key] = w
         self.w, self.prob = w, prob
@@ -197,9 +198,11 @@ class KvPrefetchD0(KvPrefetch):
     distance = 0
 
 
-def stages_variant(n: int) -> type:
-    """kvprefetch with an n-deep cp.async ring instead of the tuned table (kernel name ``kvprefetch_s<n>``)."""
-    return type(f"KvPrefetchS{n}", (KvPrefetch,), {"name": f"kvprefetch_s{n}", "stages": n})
+def variant(stages: Optional[int] = None, pdl: bool = False) -> type:
+    """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``) and/or programmatic
+    dependent launch (``kvprefetch_pdl``)."""
+    name = variant_name(stages, pdl)
+    return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl})
 
 
 class FlashInferDecode(Kernel):

@@ -59,6 +59,10 @@ class BatchDecodeWithPagedKVCache:
     K and V are ``[num_pages, page_size, num_kv_heads, head_dim]`` (or ``[num_slots, num_kv_heads, head_dim]``
     when ``page_size == 1``, SGLang's token pool with no copy); the page table is ``kv_indptr [B+1]``,
     ``kv_indices [nnz_pages]`` and ``kv_last_page_len [B]`` (int32).
+
+    Experiments (the tuned defaults are what the benchmarks report): ``stages`` overrides the cp.async ring depth;
+    ``pdl=True`` launches with programmatic dependent launch, so the kernel warms L2 with its first tiles while the
+    previous kernel in the stream finishes (it waits for that kernel before reading anything it may write).
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class BatchDecodeWithPagedKVCache:
         max_batch_size: int = 256,
         prefetch_distance: int | None = None,
         stages: int | None = None,
+        pdl: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -104,6 +109,8 @@ class BatchDecodeWithPagedKVCache:
 
         if stages is not None and (isinstance(stages, bool) or not isinstance(stages, int) or not 2 <= stages <= 8):
             raise ValueError(f"stages: expected None (the tuned table) or an int 2..8, got {stages!r}")
+        if not isinstance(pdl, bool):
+            raise ValueError(f"pdl: expected a bool, got {pdl!r}")
 
         self.num_qo_heads, self.num_kv_heads, self.group = num_qo_heads, num_kv_heads, group
         self.head_dim, self.page_size = head_dim, page_size
@@ -114,7 +121,8 @@ class BatchDecodeWithPagedKVCache:
         self.max_batch_size = max_batch_size
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
-        self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages)
+        self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
+                                  pdl)
         self._module = None
         self._plan = None
 

@@ -31,6 +31,7 @@ class DecodeConfig:
     stages: int  # cp.async ring depth in shared memory
     prefetch: int  # tiles of 64 tokens requested into L2 ahead of the ring; 0 = no prefetch
     prefetch_bulk: bool = False  # cp.async.bulk.prefetch.L2 per row (copy engine) instead of prefetch.global.L2 per line
+    pdl: bool = False  # programmatic dependent launch: warm L2 while the previous kernel finishes (experiment)
 
     def defines(self) -> list[str]:
         return [
@@ -40,13 +41,13 @@ class DecodeConfig:
             f"-DKVP_STAGES={self.stages}",
             f"-DKVP_PREFETCH={self.prefetch}",
             f"-DKVP_PREFETCH_BULK={int(self.prefetch_bulk)}",
-        ]
+        ] + (["-DKVP_PDL=1"] if self.pdl else [])  # only when on: a default build's flags are unchanged
 
     @property
     def tag(self) -> str:
         kv = "e4m3" if self.kv_fp8 else self.q_dtype
         mode = "b" if self.prefetch_bulk and self.prefetch else ""
-        return f"{self.q_dtype}_{kv}_d{self.head_dim}_s{self.stages}_pf{self.prefetch}{mode}"
+        return f"{self.q_dtype}_{kv}_d{self.head_dim}_s{self.stages}_pf{self.prefetch}{mode}" + ("_pdl" if self.pdl else "")
 
 
 # cp.async ring depth per (head_dim, fp8 KV): about 32 KB of K+V per stage, two blocks per SM where it fits
@@ -54,10 +55,11 @@ STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128,
 
 
 def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False,
-                stages: int | None = None) -> DecodeConfig:
-    """``stages`` overrides the table (experiments: the benchmark's ``--stages``)."""
+                stages: int | None = None, pdl: bool = False) -> DecodeConfig:
+    """``stages`` overrides the table and ``pdl`` turns on programmatic dependent launch (experiments: the
+    benchmark's ``--stages`` / ``--pdl``)."""
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
-                        prefetch_bulk and prefetch > 0)
+                        prefetch_bulk and prefetch > 0, pdl)
 
 
 def _source_digest() -> str:

@@ -12,6 +12,10 @@
 
 #include "ptx.cuh"
 
+#ifndef KVP_PDL
+#define KVP_PDL 0  // launched with programmatic stream serialization (the JIT spec's pdl flag)
+#endif
+
 namespace kvp {
 
 struct DecodeParams {
@@ -89,6 +93,37 @@ __device__ __forceinline__ int q_fp8_slot(int r, int d) {
   return swz<D>(r, 2 * ks + h) + 4 * c;
 }
 
+// PDL prologue: the block may be running before the previous kernel in the stream has finished, so nothing it
+// reads can be trusted until griddep_wait(). It only warms L2 with what its first STAGES-1 tiles need: the
+// page-table lines and those tiles' K/V rows. A stale or garbage page id is clamped into the pool and a prefetch
+// changes no memory (L2 stays coherent with the writes still in flight), so the worst case is a wasted prefetch;
+// after the wait everything is read again by the ordinary path, from L2 where the guess was right.
+template <typename C, typename TKV>
+__device__ __forceinline__ void pdl_warm_l2(const DecodeParams& p, int b, int split, int head, int tid, int stages) {
+  if (tid >= C::kTile) return;
+  const int page_beg = p.indptr[b];
+  const int num_pages = p.indptr[b + 1] - page_beg;
+  const int len = num_pages > 0 ? (num_pages - 1) * (1 << p.page_shift) + p.last_len[b] : 0;
+  int chunk = (len + p.num_splits - 1) / p.num_splits;  // the split's range, as the kernel computes it
+  chunk = max((chunk + 15) & ~15, p.min_chunk);
+  const int tok_beg = split * chunk, tok_end = min(len, tok_beg + chunk);
+  const int64_t head_off = (int64_t)head * p.kv_stride_head;
+  for (int j = 0; j < stages - 1; ++j) {
+    const int tok = tok_beg + j * C::kTile + tid;
+    const int idx = page_beg + (tok >> p.page_shift);
+    if (tok >= tok_end || unsigned(idx) >= unsigned(p.num_indices)) return;
+    int pid = p.indices[idx];
+    pid = unsigned(pid) < unsigned(p.num_pool_pages) ? pid : 0;
+    const int64_t off =
+        (int64_t)pid * p.kv_stride_page + (int64_t)(tok & ((1 << p.page_shift) - 1)) * p.kv_stride_tok + head_off;
+#pragma unroll
+    for (int line = 0; line < (C::kRowBytesKV + 127) / 128; ++line) {
+      prefetch_l2_line(reinterpret_cast<const uint8_t*>(static_cast<const TKV*>(p.k) + off) + line * 128);
+      prefetch_l2_line(reinterpret_cast<const uint8_t*>(static_cast<const TKV*>(p.v) + off) + line * 128);
+    }
+  }
+}
+
 template <typename TQ, typename TKV, int D, int STAGES, int PF, bool PF_BULK>
 __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p) {
   using C = DecodeCfg<TQ, TKV, D, STAGES, PF>;
@@ -97,6 +132,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   const int split = blockIdx.x, head = blockIdx.y, b = blockIdx.z;
   const int group = p.group;
   const int qo_head0 = head * group;
+  if constexpr (KVP_PDL) {
+    pdl_warm_l2<C, TKV>(p, b, split, head, tid, STAGES);
+    griddep_wait();
+  }
 
   {  // q does not depend on the page table: request it before the first dependent load
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;

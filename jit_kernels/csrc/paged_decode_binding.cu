@@ -1,6 +1,6 @@
 // tvm-ffi entry points of one specialised decode module. The specialisation comes from -D flags set by the
 // JIT spec (jit_kernels/jit_spec.py): KVP_Q_BF16, KVP_KV_FP8, KVP_HEAD_DIM, KVP_STAGES, KVP_PREFETCH,
-// KVP_PREFETCH_BULK.
+// KVP_PREFETCH_BULK, KVP_PDL (optional).
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/error.h>
 #include <tvm/ffi/extra/c_env_api.h>
@@ -98,8 +98,24 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   const dim3 grid(static_cast<unsigned>(num_splits), static_cast<unsigned>(num_kv_heads),
                   static_cast<unsigned>(batch));
   auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(q.device().device_type, q.device().device_id));
+#if KVP_PDL
+  // May start while the previous kernel in the stream is still running; the kernel waits (griddepcontrol.wait)
+  // before it reads anything that kernel may write.
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(Cfg::kThreads);
+  cfg.dynamicSmemBytes = Cfg::kSmemBytes;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  KVP_CHECK_CUDA(cudaLaunchKernelEx(&cfg, kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>, p));
+#else
   kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   KVP_CHECK_CUDA(cudaGetLastError());
+#endif
 }
 
 }  // namespace

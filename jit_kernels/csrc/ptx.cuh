@@ -37,6 +37,10 @@ __device__ __forceinline__ void prefetch_l2_bulk(const void* gmem, uint32_t byte
 #endif
 }
 
+// Programmatic dependent launch: block until the previous kernel in the stream has completed and its writes are
+// visible (a no-op when this grid was launched without the PDL attribute).
+__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+
 // Prefetch of one 128-byte line into L2 through the load/store unit (no copy engine round trip).
 __device__ __forceinline__ void prefetch_l2_line(const void* gmem) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(gmem));

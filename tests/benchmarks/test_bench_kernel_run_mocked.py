@@ -211,9 +211,10 @@ def test_config_level_failures():
     assert r == "RuntimeError: first line ... last line"
 
 
-def test_stages_flag_adds_variant_kernels_after_ours():
-    args = kernel_bench.parse_args(["--stages", "6", "--quick"])
+def test_stages_and_pdl_flags_add_variant_kernels_after_ours():
+    args = kernel_bench.parse_args(["--stages", "6", "--pdl", "--quick"])
     _, _, kernels = kernel_bench.selected(args)
     assert kernels.index("kvprefetch_s6") == kernels.index("kvprefetch_d0") + 1
+    assert kernels.index("kvprefetch_pdl") == kernels.index("kvprefetch_s6") + 1
     with pytest.raises(SystemExit):
         kernel_bench.parse_args(["--stages", "9"])

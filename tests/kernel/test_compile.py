@@ -23,7 +23,10 @@ CASES = [("90a", f) for f in FAMILIES] + [("80", f) for f in FAMILIES[:2]]
 @pytest.mark.nvcc
 @pytest.mark.parametrize("arch,family", CASES, ids=lambda c: "-".join(map(str, c)) if isinstance(c, tuple) else c)
 def test_family_compiles(tmp_path, arch, family):
-    cfg = make_config(*family)
+    _compile(tmp_path, make_config(*family), arch)
+
+
+def _compile(tmp_path, cfg, arch):
     cmd = ["nvcc", "-std=c++17", "-O3", "-Xptxas", "-warn-spills", *nvcc_flags(cfg, arch), *_includes(),
            "-c", str(CSRC_DIR / SOURCES[0]), "-o", str(tmp_path / "m.o")]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -34,3 +37,8 @@ def test_family_compiles(tmp_path, arch, family):
 @pytest.mark.nvcc
 def test_cuda_home_is_found():
     assert find_cuda_home() is not None
+
+
+@pytest.mark.nvcc
+def test_pdl_variant_compiles(tmp_path):
+    _compile(tmp_path, make_config("bf16", True, 128, 0, pdl=True), "90a")  # griddepcontrol + cudaLaunchKernelEx

@@ -27,6 +27,7 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(stages=1), "stages"),
     (dict(stages=9), "stages"),
     (dict(stages=True), "stages"),
+    (dict(pdl=1), "pdl"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -86,3 +87,10 @@ def test_stages_override_changes_only_the_ring_depth():
     tuned = BatchDecodeWithPagedKVCache(32, 8, 64, 16, torch.bfloat16, torch.bfloat16, "cpu")
     assert w.config.stages == 6 and tuned.config.stages != 6
     assert dataclasses.replace(w.config, stages=tuned.config.stages) == tuned.config
+
+
+def test_pdl_is_its_own_module_and_adds_one_flag():
+    w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", pdl=True)
+    tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
+    assert w.config.tag.endswith("_pdl") and not tuned.config.tag.endswith("_pdl")
+    assert w.config.defines() == tuned.config.defines() + ["-DKVP_PDL=1"]
