@@ -156,3 +156,44 @@ def test_run_checks_batch_against_plan():
     k = torch.zeros(4, 16, 8, 128, dtype=torch.bfloat16, device="cuda")
     with pytest.raises(ValueError, match="q: expected shape"):
         w.run(torch.zeros(2, 32, 128, dtype=torch.bfloat16, device="cuda"), k, k)
+
+
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "graph"])
+def test_pdl_variant_sees_the_previous_kernels_writes(graphed):
+    """pdl=True may start before the previous kernel in the stream ends; it must still read that kernel's writes
+    (here the newest token's K/V row, as SGLang's KV store leaves it) and match the default kernel bit for bit."""
+    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
+
+    gen = torch.Generator("cuda").manual_seed(5)
+    inp = make_paged_inputs([1000, 37, 4096], hq=32, hkv=8, d=128, page_size=16, dtype=torch.bfloat16,
+                            device="cuda", generator=gen)
+    plain, pdl = (BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cuda", pdl=p).load()
+                  for p in (False, True))
+    for w in (plain, pdl):
+        w.plan(inp.indptr, inp.indices, inp.last_len)
+    page, slot = int(inp.indices[int(inp.indptr[1]) - 1]), int(inp.last_len[0]) - 1  # request 0's newest token
+    new_k, new_v = (torch.randn(8, 128, device="cuda", dtype=torch.bfloat16, generator=gen) * 4 for _ in range(2))
+    out = torch.empty_like(inp.q)
+
+    def step():
+        inp.k[page, slot].copy_(new_k)
+        inp.v[page, slot].copy_(new_v)
+        pdl.run(inp.q, inp.k, inp.v, sm_scale=0.08, out=out)
+
+    inp.k[page, slot].zero_()
+    inp.v[page, slot].zero_()
+    if graphed:
+        step()  # warm-up outside capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        inp.k[page, slot].zero_()
+        inp.v[page, slot].zero_()
+        out.fill_(float("nan"))
+        graph.replay()
+    else:
+        step()
+    ref = plain.run(inp.q, inp.k, inp.v, sm_scale=0.08)  # the row now holds new_k / new_v
+    torch.cuda.synchronize()
+    assert torch.equal(out, ref)
