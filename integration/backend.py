@@ -12,7 +12,8 @@ Design
   decode=KvPrefetchDecodeBackend)`` -- exactly what SGLang builds itself for
   ``--prefill-attention-backend flashinfer --decode-attention-backend kvprefetch`` -- so
   FlashInfer's prefill code (its req_to_token -> kv_indptr/kv_indices metadata, its
-  workspace, its prefill CUDA-graph support) runs unchanged. With
+  workspace, its prefill CUDA-graph support) runs unchanged. ``KVPREFETCH_PREFILL_BACKEND=fa3`` makes
+  SGLang's FA3 backend (built by SGLang's own factory) the prefill half instead. With
   ``--decode-attention-backend kvprefetch --prefill-attention-backend fa3|flashinfer|...``
   SGLang does the composing and we return the decode backend alone (see roles.py).
 * Decode metadata: we do NOT use FlashInfer's decode indices updater. Its
@@ -49,7 +50,7 @@ import torch
 
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
-from .config import ENV_PREFETCH_DISTANCE, KvPrefetchConfig, load_config
+from .config import ENV_PREFETCH_DISTANCE, ENV_PREFILL, KvPrefetchConfig, load_config
 from .decoder import DecodeKernels
 from .refusal import (
     LayerInfo,
@@ -153,6 +154,34 @@ def _flashinfer_backend(model_runner: Any):
     )
 
 
+def _fa3_missing_reason() -> Optional[str]:
+    try:
+        import sgl_kernel.flash_attn  # noqa: F401  (the FA3 library SGLang's fa3 backend loads)
+    except Exception as e:  # ImportError, or an OSError from a library that is not staged
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _prefill_choice(config: KvPrefetchConfig) -> str:
+    """The prefill half under --attention-backend kvprefetch: the knob's choice, or FlashInfer (with a warning)
+    where FA3 cannot run."""
+    if config.prefill_backend == "fa3":
+        why = _fa3_missing_reason()
+        if why is None:
+            return "fa3"
+        _once(logging.WARNING, f"kvprefetch: {ENV_PREFILL}=fa3 but FA3 does not import ({why}); prefill runs on "
+                               "SGLang's FlashInfer backend")
+    return "flashinfer"
+
+
+def _prefill_backend(model_runner: Any, name: str):
+    if name == "fa3":  # SGLang's own factory for --attention-backend fa3
+        from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
+
+        return ATTENTION_BACKENDS["fa3"](model_runner)
+    return _flashinfer_backend(model_runner)
+
+
 def _triton_backend(model_runner: Any):
     from sglang.srt.layers.attention.triton_backend import TritonAttnBackend
 
@@ -162,6 +191,9 @@ def _triton_backend(model_runner: Any):
 # ---- the decode backend ------------------------------------------------------------------
 
 
+_PREFILL_NAMES = {"flashinfer": "FlashInfer", "fa3": "FA3"}
+
+
 class KvPrefetchDecodeBackend(AttentionBackend):
     """Decode-only attention backend running the kvprefetch kernel."""
 
@@ -169,7 +201,7 @@ class KvPrefetchDecodeBackend(AttentionBackend):
     needs_cpu_seq_lens = True
 
     def __init__(self, model_runner: Any, config: KvPrefetchConfig, layers: List[LayerInfo],
-                 role: str = "decode"):
+                 role: str = "decode", prefill: str = "flashinfer"):
         super().__init__()
         self.config = config
         self.role = role
@@ -194,7 +226,7 @@ class KvPrefetchDecodeBackend(AttentionBackend):
             "kvprefetch decode backend ready (%s): %s over %d layers, page_size %d, q %s, kv %s, "
             "max decode batch %d; %s (effective prefetch distance %s); modules: %s; "
             "start-up %.2f s (kernel modules %.2f s, page-table kernel %.2f s); workspace %s",
-            "prefill: FlashInfer" if role == "full" else "decode half of SGLang's HybridAttnBackend",
+            f"prefill: {_PREFILL_NAMES[prefill]}" if role == "full" else "decode half of SGLang's HybridAttnBackend",
             shape_txt, self.num_layers, self.page_size,
             str(model_runner.dtype).replace("torch.", ""),
             str(model_runner.kv_cache_dtype).replace("torch.", ""),
@@ -310,8 +342,9 @@ def create_backend(model_runner: Any):
               + "\n  -> falling back to SGLang's Triton attention backend")
         return _triton_backend(model_runner)
 
+    prefill = _prefill_choice(config) if role == "full" else "flashinfer"
     try:
-        decode = KvPrefetchDecodeBackend(model_runner, config, layers, role=role)
+        decode = KvPrefetchDecodeBackend(model_runner, config, layers, role=role, prefill=prefill)
     except Exception as e:  # KernelUnavailableError (no GPU/sm_90/nvcc, failed build) or any JIT error
         _once(logging.WARNING,
               f"kvprefetch decode kernel unavailable ({type(e).__name__}: {e}); falling back to SGLang's "
@@ -323,5 +356,5 @@ def create_backend(model_runner: Any):
         return decode
     from sglang.srt.layers.attention.hybrid_attn_backend import HybridAttnBackend
 
-    return HybridAttnBackend(model_runner, prefill_backend=_flashinfer_backend(model_runner),
+    return HybridAttnBackend(model_runner, prefill_backend=_prefill_backend(model_runner, prefill),
                              decode_backend=decode)

@@ -17,6 +17,11 @@ variable                        default    meaning
 ``KVPREFETCH_VALIDATE``         ``0``      ``1``: kernel validation mode. Read and applied
                                            by ``kvprefetch.jit_kernels`` itself; the
                                            backend only reports it in its start-up log.
+``KVPREFETCH_PREFILL_BACKEND``  ``flashinfer``  the SGLang backend that serves prefill/extend
+                                           under ``--attention-backend kvprefetch``:
+                                           ``flashinfer`` or ``fa3`` (SGLang's Hopper
+                                           default; FlashInfer with a warning where FA3
+                                           does not import).
 ==============================  =========  ================================================
 
 This module imports neither torch nor sglang.
@@ -31,6 +36,8 @@ from typing import Mapping, Optional, Tuple
 ENV_PREFETCH_DISTANCE = "KVPREFETCH_PREFETCH_DISTANCE"
 ENV_DISABLE = "KVPREFETCH_DISABLE"
 ENV_VALIDATE = "KVPREFETCH_VALIDATE"
+ENV_PREFILL = "KVPREFETCH_PREFILL_BACKEND"
+PREFILL_BACKENDS = ("flashinfer", "fa3")
 
 _TRUE = ("1", "true", "yes", "y", "on")
 _FALSE = ("0", "false", "no", "n", "off")
@@ -45,6 +52,7 @@ class KvPrefetchConfig:
     prefetch_distance: Optional[int] = None
     disable: bool = False
     validate: bool = False
+    prefill_backend: str = "flashinfer"
     warnings: Tuple[str, ...] = field(default=(), compare=False)
 
     def describe(self) -> str:
@@ -52,7 +60,8 @@ class KvPrefetchConfig:
         return (
             f"prefetch_distance={dist} ({ENV_PREFETCH_DISTANCE}), "
             f"disable={int(self.disable)} ({ENV_DISABLE}), "
-            f"validate={int(self.validate)} ({ENV_VALIDATE})"
+            f"validate={int(self.validate)} ({ENV_VALIDATE}), "
+            f"prefill={self.prefill_backend} ({ENV_PREFILL})"
         )
 
 
@@ -87,6 +96,16 @@ def parse_distance(name: str, raw: Optional[str], warnings: list) -> Optional[in
     return value
 
 
+def parse_choice(name: str, raw: Optional[str], choices: Tuple[str, ...], warnings: list) -> str:
+    if raw is None or raw.strip() == "":
+        return choices[0]
+    value = raw.strip().lower()
+    if value in choices:
+        return value
+    warnings.append(f'invalid value for {name}: "{raw}" is not one of {", ".join(choices)}; using {choices[0]}')
+    return choices[0]
+
+
 def load_config(environ: Optional[Mapping[str, str]] = None) -> KvPrefetchConfig:
     """Read the knobs from ``environ`` (default: ``os.environ``)."""
     env = os.environ if environ is None else environ
@@ -94,6 +113,8 @@ def load_config(environ: Optional[Mapping[str, str]] = None) -> KvPrefetchConfig
     distance = parse_distance(ENV_PREFETCH_DISTANCE, env.get(ENV_PREFETCH_DISTANCE), warnings)
     disable = parse_bool(ENV_DISABLE, env.get(ENV_DISABLE), False, warnings)
     validate = parse_bool(ENV_VALIDATE, env.get(ENV_VALIDATE), False, warnings)
+    prefill = parse_choice(ENV_PREFILL, env.get(ENV_PREFILL), PREFILL_BACKENDS, warnings)
     return KvPrefetchConfig(
-        prefetch_distance=distance, disable=disable, validate=validate, warnings=tuple(warnings)
+        prefetch_distance=distance, disable=disable, validate=validate, prefill_backend=prefill,
+        warnings=tuple(warnings),
     )

@@ -98,7 +98,8 @@ def patched(monkeypatch):
 
     hybrid.HybridAttnBackend = FakeHybrid
     monkeypatch.setitem(sys.modules, "sglang.srt.layers.attention.hybrid_attn_backend", hybrid)
-    for var in ("KVPREFETCH_DISABLE", "KVPREFETCH_PREFETCH_DISTANCE", "KVPREFETCH_VALIDATE"):
+    for var in ("KVPREFETCH_DISABLE", "KVPREFETCH_PREFETCH_DISTANCE", "KVPREFETCH_VALIDATE",
+                "KVPREFETCH_PREFILL_BACKEND"):
         monkeypatch.delenv(var, raising=False)
     backend_mod._said_once.clear()
     return FakeHybrid
@@ -134,6 +135,22 @@ def test_full_role_composes_flashinfer_prefill_with_our_decode(patched, page_siz
     assert "kvprefetch decode backend ready" in caplog.text and "modules: FakeDecodeWrapper" in caplog.text
     assert "start-up" in caplog.text and "workspace" in caplog.text
     assert dec.get_cuda_graph_seq_len_fill_value() == 1
+
+
+@pytest.mark.parametrize("fa3_imports", [True, False])
+def test_prefill_knob_picks_fa3_where_it_imports(patched, monkeypatch, caplog, fa3_imports):
+    monkeypatch.setenv("KVPREFETCH_PREFILL_BACKEND", "fa3")
+    monkeypatch.setattr(backend_mod, "_fa3_missing_reason", lambda: None if fa3_imports else "ImportError: no FA3")
+    registry = types.ModuleType("sglang.srt.layers.attention.attention_registry")
+    registry.ATTENTION_BACKENDS = {"fa3": lambda mr: ("FA3", mr)}
+    monkeypatch.setitem(sys.modules, "sglang.srt.layers.attention.attention_registry", registry)
+    pool = make_paged_pool([5, 40], 16, num_kv_heads=HK, head_dim=D)
+    mr = fake_runner(pool, page_size=16)
+    with caplog.at_level(logging.INFO, logger="kvprefetch"):
+        be = backend_mod.create_backend(mr)
+    assert be.prefill_backend == (("FA3", mr) if fa3_imports else ("FLASHINFER", mr))
+    assert ("prefill: FA3" if fa3_imports else "prefill: FlashInfer") in caplog.text
+    assert ("does not import" in caplog.text) is not fa3_imports  # the fallback says so, once
 
 
 def _decode_batch(pool, mode="DECODE"):

@@ -70,3 +70,11 @@ def test_config_module_imports_neither_torch_nor_sglang():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_prefill_backend_choice():
+    assert load_config({}).prefill_backend == "flashinfer"
+    assert load_config({"KVPREFETCH_PREFILL_BACKEND": " FA3 "}).prefill_backend == "fa3"
+    bad = load_config({"KVPREFETCH_PREFILL_BACKEND": "triton"})
+    assert bad.prefill_backend == "flashinfer" and "KVPREFETCH_PREFILL_BACKEND" in bad.warnings[0]
+    assert "prefill=fa3 (KVPREFETCH_PREFILL_BACKEND)" in load_config({"KVPREFETCH_PREFILL_BACKEND": "fa3"}).describe()

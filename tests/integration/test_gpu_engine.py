@@ -30,6 +30,7 @@ they shared only 45 of 192 greedy tokens (8 of 8 requests parted), so kvprefetch
 half as many tokens as the stock pair did.
 """
 
+import os
 import subprocess
 import sys
 
@@ -112,6 +113,18 @@ def test_logprobs_match_fa3(tiny_model, tmp_path_factory):
     _, bound, stock = stock_bound(tiny_model, tmp)
     mx, mean = compare(ref, got, bound=bound, tie=bound[0], min_fraction=0.5 * stock[2])
     print(f"kvprefetch vs fa3 max |dlogprob| {mx:.4f}, mean {mean:.4f}; bound {bound[0]:.4f} / {bound[1]:.4f}")
+
+
+def test_prefill_knob_fa3(tiny_model, tmp_path_factory):
+    """KVPREFETCH_PREFILL_BACKEND=fa3: SGLang's FA3 backend is the prefill half of --attention-backend kvprefetch."""
+    reason = _fa3_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    tmp = str(tmp_path_factory.getbasetemp())
+    got, log = run_engine(tiny_model, tmp, env={**os.environ, "KVPREFETCH_PREFILL_BACKEND": "fa3"}, attention_backend="kvprefetch")
+    assert_kvprefetch_served(log)
+    assert "prefill: FA3" in log
+    print(f"kvprefetch with FA3 prefill: {assert_matches_flashinfer(tiny_model, tmp, got)}")
 
 
 def test_llama8b_shape_dummy_weights_generates(llama8b_4l_dummy, tmp_path_factory):
