@@ -66,6 +66,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     help="also run kvprefetch with an N-deep cp.async ring (kernel kvprefetch_sN; experiments)")
     ap.add_argument("--pdl", action="store_true",
                     help="also run kvprefetch with programmatic dependent launch (kernel kvprefetch_pdl; experiment)")
+    ap.add_argument("--fp8-q", action="store_true",
+                    help="with --fp8: also run kvprefetch with q in e4m3 (kernel kvprefetch_q8; experiment)")
     args = ap.parse_args(argv)
     bad = [n for n in args.stages if not 2 <= n <= 8]
     if bad:
@@ -79,7 +81,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """The kvprefetch variants asked for with --stages / --pdl, as kernel_peers.variant() arguments."""
-    return [dict(stages=n) for n in args.stages] + ([dict(pdl=True)] if args.pdl else [])
+    return ([dict(stages=n) for n in args.stages] + ([dict(pdl=True)] if args.pdl else [])
+            + ([dict(fp8_q=True)] if args.fp8_q else []))
 
 
 def selected(args: argparse.Namespace):

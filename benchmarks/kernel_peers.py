@@ -168,18 +168,20 @@ class KvPrefetch(Kernel):
     distance: Optional[int] = None
     stages: Optional[int] = None  # None: the tuned table; set by variant() for experiments
     pdl = False
+    fp8_q = False
 
     def __init__(self, prob: Problem, cache: Cache):
         from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 
         s = prob.shape
         key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance,
-               self.stages, self.pdl)
+               self.stages, self.pdl, self.fp8_q)
         w = cache.wrappers.get(key)
         if w is None:
             w = BatchDecodeWithPagedKVCache(s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, Q_TORCH,
                                             prob.kv_dtype, prob.device, max_batch_size=256,
-                                            prefetch_distance=self.distance, stages=self.stages, pdl=self.pdl)
+                                            prefetch_distance=self.distance, stages=self.stages, pdl=self.pdl,
+                                            fp8_q=self.fp8_q)
             w.load()
             cache.wrappers[key] = w
         self.w, self.prob = w, prob
@@ -198,11 +200,11 @@ class KvPrefetchD0(KvPrefetch):
     distance = 0
 
 
-def variant(stages: Optional[int] = None, pdl: bool = False) -> type:
-    """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``) and/or programmatic
-    dependent launch (``kvprefetch_pdl``)."""
-    name = variant_name(stages, pdl)
-    return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl})
+def variant(stages: Optional[int] = None, pdl: bool = False, fp8_q: bool = False) -> type:
+    """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
+    dependent launch (``kvprefetch_pdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``)."""
+    name = variant_name(stages, pdl, fp8_q)
+    return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q})
 
 
 class FlashInferDecode(Kernel):

@@ -15,6 +15,9 @@
 #ifndef KVP_PDL
 #define KVP_PDL 0  // launched with programmatic stream serialization (the JIT spec's pdl flag)
 #endif
+#ifndef KVP_FP8_Q
+#define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
+#endif
 
 namespace kvp {
 
@@ -137,7 +140,8 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     griddep_wait();
   }
 
-  {  // q does not depend on the page table: request it before the first dependent load
+  constexpr bool kQ8 = C::kFp8 && KVP_FP8_Q;
+  if constexpr (!kQ8) {  // q does not depend on the page table: request it before the first dependent load
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
     if constexpr (C::kFp8) {
       for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
@@ -248,6 +252,19 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     load_tile(j);
     cp_async_commit();
   }
+  if constexpr (kQ8) {  // q to e4m3 once (round to nearest, saturating), in K's row layout; KV loads are in flight
+    const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
+    for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
+      const int r = i / (D / 2), d = 2 * (i % (D / 2));
+      float2 f = make_float2(0.f, 0.f);
+      if (r < group) {
+        const TQ* src = qb + (qo_head0 + r) * p.q_stride_h + d;
+        f = make_float2(to_float(src[0]), to_float(src[1]));
+      }
+      *reinterpret_cast<__nv_fp8x2_storage_t*>(smem + C::kOffQ + swz_rows<D>(r, d >> 4) + (d & 15)) =
+          __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+    }
+  }
 
   // ---- main loop
   float m[2] = {-CUDART_INF_F, -CUDART_INF_F}, l[2] = {0.f, 0.f};
@@ -275,7 +292,19 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
 
     // S = Q K^T for this warp's 16 tokens (two n-tiles of 8)
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-    if constexpr (C::kFp8) {
+    if constexpr (kQ8) {
+#pragma unroll
+      for (int kp = 0; kp < D / 32; ++kp) {  // raw e4m3 K rows are the B fragments of m16n8k32 as loaded
+        uint32_t raw[4], a[4];  // raw: [chunk half][token half]
+        ldmatrix_x4(raw, ks + swz_rows<C::kRowBytesKV>(lrow, 2 * kp + lhalf));
+        ldmatrix_x4(a, smem + C::kOffQ + swz_rows<D>(lane & 15, 2 * kp + (lane >> 4)));
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const uint32_t bk[2] = {raw[nt], raw[2 + nt]};
+          mma_16832_e4m3(s[nt], a, bk);
+        }
+      }
+    } else if constexpr (C::kFp8) {
 #pragma unroll
       for (int kp = 0; kp < D / 32; ++kp) {  // two 16-dim chunks of raw e4m3 per ldmatrix
         uint32_t raw[4];  // [chunk half][token half]

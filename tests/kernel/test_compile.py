@@ -40,5 +40,6 @@ def test_cuda_home_is_found():
 
 
 @pytest.mark.nvcc
-def test_pdl_variant_compiles(tmp_path):
-    _compile(tmp_path, make_config("bf16", True, 128, 0, pdl=True), "90a")  # griddepcontrol + cudaLaunchKernelEx
+@pytest.mark.parametrize("variant", [dict(pdl=True), dict(fp8_q=True)], ids=["pdl", "fp8_q"])
+def test_experiment_variants_compile(tmp_path, variant):  # griddepcontrol + cudaLaunchKernelEx; e4m3 mma
+    _compile(tmp_path, make_config("bf16", True, 128, 0, **variant), "90a")

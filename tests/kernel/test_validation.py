@@ -28,6 +28,7 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(stages=9), "stages"),
     (dict(stages=True), "stages"),
     (dict(pdl=1), "pdl"),
+    (dict(fp8_q=True), "fp8_q"),  # bf16 KV
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -94,3 +95,8 @@ def test_pdl_is_its_own_module_and_adds_one_flag():
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
     assert w.config.tag.endswith("_pdl") and not tuned.config.tag.endswith("_pdl")
     assert w.config.defines() == tuned.config.defines() + ["-DKVP_PDL=1"]
+
+
+def test_fp8_q_needs_fp8_kv_and_is_its_own_module():
+    w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", fp8_q=True)
+    assert w.config.tag.endswith("_q8") and "-DKVP_FP8_Q=1" in w.config.defines()
