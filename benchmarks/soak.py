@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import results_io as rio  # noqa: E402
-import serving_bench as sb  # noqa: E402  (server process, model folder, GPU queries, bench_serving driver)
+import serving_procs as procs  # noqa: E402  (server process, model folder, GPU queries, bench_serving driver)
 import soak_plan as sp  # noqa: E402
 import soak_probes as probes  # noqa: E402
 import soak_state as st  # noqa: E402
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     def left() -> float:
         return args.budget_s - (time.time() - t0)
 
-    name = "unknown" if args.dry_run else sb.gpu_name()
+    name = "unknown" if args.dry_run else procs.gpu_name()
     slug = args.gpu or (rio.device_slug(name) if name != "unknown" else "h100")
     state_path = args.state or (args.out / f"soak-{slug}.state.json")
     result_path = args.out / f"soak-{slug}.json"
@@ -159,16 +159,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"STOPPED: --budget-s {args.budget_s:.0f} cannot hold start-up (~{fixed_s:.0f} s) and round "
               f"{todo[0].id}; no server started")
         return 0
-    why = sb.backend_unavailable(args.attention_backend)
+    why = procs.backend_unavailable(args.attention_backend)
     if why:
         print(f"cannot serve {args.attention_backend}: {why}")
         return 1
 
     log_dir.mkdir(parents=True, exist_ok=True)
-    model_dir = sb.ensure_model(args.model, args.model_root)
-    port = sb.free_port()
+    model_dir = procs.ensure_model(args.model, args.model_root)
+    port = procs.free_port()
     base = f"http://127.0.0.1:{port}"
-    env = sb.server_env()
+    env = procs.server_env()
     shard = st.new_shard(state, {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": name, "gpu": slug,
                                  "commit": header["commit"], "dirty": header["dirty"], "argv": sys.argv[1:],
                                  "budget_s": args.budget_s})
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(req_dir, ignore_errors=True)
     cmd = server_cmd(args, model_dir, port, req_dir, sp.max_concurrency(plan + warmup))
     shard["server_cmd"] = " ".join(cmd[1:])
-    srv = sb.ServerProcess(cmd, port, log_dir / f"server-shard{n}.log", env)
+    srv = procs.ServerProcess(cmd, port, log_dir / f"server-shard{n}.log", env)
     client_log = log_dir / f"client-shard{n}.log"
     prompts = probes.probe_prompts()
     log = RequestLog(req_dir)
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     tag = f"[soak {n}]"
 
     def sample(label: str) -> Optional[int]:
-        mib = sb.gpu_memory_used_mib()
+        mib = procs.gpu_memory_used_mib()
         shard["mem_samples"].append({"after": label, "mib": mib, "t_s": round(time.time() - t0, 1)})
         return mib
 
@@ -207,7 +207,6 @@ def run(args: argparse.Namespace) -> int:
 
     def run_round(r: sp.Round) -> Optional[Dict[str, Any]]:
         """The round's record, or None when the budget cut it off (not counted; it reruns)."""
-        nonlocal driver
         out_file = log_dir / f"bench-shard{n}-{r.id}.jsonl"
         if out_file.exists():
             out_file.unlink()
@@ -225,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
             if driver is not None and driver.alive():
                 ok, msg = driver.run(argv, timeout)
             else:
-                ok, msg = sb.run_client_once(argv, client_log, timeout, env)
+                ok, msg = procs.run_client_once(argv, client_log, timeout, env)
         finally:
             if ab:
                 ab.stop()
@@ -236,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(0.5)
         log.poll()
         received, finished = log.since(mark)
-        result = sb.read_result(out_file) if ok else None
+        result = procs.read_result(out_file) if ok else None
         acc = classify_round(r.num_prompts, result, received, finished, ab.aborts_sent if ab else 0)
         rec: Dict[str, Any] = {"id": r.id, "bucket": r.bucket, "kind": r.kind, "shard": n, "abort": r.abort,
                                "input_range": list(r.input_range()), "output_range": list(r.output_range()),
@@ -262,12 +261,12 @@ def run(args: argparse.Namespace) -> int:
             return 1
         shard["backend_line"] = next((l.strip()[-300:] for l in srv.log_text().splitlines()
                                       if READY_MARKER in l), None)
-        fb = sb.fallback_line(srv.log_text()) if args.attention_backend == "kvprefetch" else None
+        fb = procs.fallback_line(srv.log_text()) if args.attention_backend == "kvprefetch" else None
         if fb:
             shard["error"] = f"kvprefetch fell back to Triton: {fb}"
             print(f"{tag} {shard['error']}", flush=True)
             return 1
-        driver = sb.ClientDriver(client_log, env)
+        driver = procs.ClientDriver(client_log, env)
         ok, msg = driver.ready()
         if not ok:
             print(f"{tag} batched client failed to start ({msg}); one process per round", flush=True)

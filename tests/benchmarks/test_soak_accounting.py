@@ -1,6 +1,6 @@
 import json
 
-import serving_bench as sb
+import serving_procs as procs
 from soak_accounting import classify_round, client_errors, is_deliberate_abort
 from soak_request_log import RequestLog, parse_line
 from soak_samples import (ABORT_OOM, ABORT_QUEUED, ABORT_RUNNING, DISCONNECT_ERROR, HTTP_ERROR, LENGTH,
@@ -15,7 +15,7 @@ def test_bench_serving_output_line_is_read_and_errors_counted(tmp_path):
     f = tmp_path / "bench.jsonl"
     errors = [""] * 8 + [DISCONNECT_ERROR, HTTP_ERROR]
     f.write_text("#Input tokens: 640\n" + json.dumps(bench_line(10, errors)) + "\n")
-    result = sb.read_result(f)     # the same reader serving_bench uses (last JSON line with output_throughput)
+    result = procs.read_result(f)     # the same reader serving_bench uses (last JSON line with output_throughput)
     assert result["completed"] == 8
     ce = client_errors(result, 10)
     assert ce["count"] == 2

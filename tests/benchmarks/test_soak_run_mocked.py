@@ -8,7 +8,7 @@ import threading
 import pytest
 
 import results_io as rio
-import serving_bench as sb
+import serving_procs as procs
 import soak
 import soak_http
 import soak_plan as sp
@@ -93,13 +93,13 @@ def fake(monkeypatch, tmp_path):
     global W
     W = World()
     mem = iter(range(60000, 61000, 2))
-    monkeypatch.setattr(sb, "ServerProcess", FakeServer)
-    monkeypatch.setattr(sb, "ClientDriver", FakeDriver)
-    monkeypatch.setattr(sb, "gpu_name", lambda: "NVIDIA H100 80GB HBM3")
-    monkeypatch.setattr(sb, "backend_unavailable", lambda b: None)
-    monkeypatch.setattr(sb, "ensure_model", lambda shape, root: tmp_path / "models" / shape)
-    monkeypatch.setattr(sb, "free_port", lambda: 30001)
-    monkeypatch.setattr(sb, "gpu_memory_used_mib", lambda: next(mem))
+    monkeypatch.setattr(procs, "ServerProcess", FakeServer)
+    monkeypatch.setattr(procs, "ClientDriver", FakeDriver)
+    monkeypatch.setattr(procs, "gpu_name", lambda: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(procs, "backend_unavailable", lambda b: None)
+    monkeypatch.setattr(procs, "ensure_model", lambda shape, root: tmp_path / "models" / shape)
+    monkeypatch.setattr(procs, "free_port", lambda: 30001)
+    monkeypatch.setattr(procs, "gpu_memory_used_mib", lambda: next(mem))
     monkeypatch.setattr(soak_http, "post_json", lambda *a: W.post(*a))
     monkeypatch.setattr(soak.time, "sleep", lambda s: None)
     monkeypatch.setenv("KVPREFETCH_COMMIT", "feed")
