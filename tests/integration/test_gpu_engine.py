@@ -52,6 +52,15 @@ def _fa3_missing_reason():
     return f"FlashAttention-3 is not available here: importing sgl_kernel.flash_attn failed ({last})"
 
 
+@pytest.fixture
+def fa3_tmp(tmp_path_factory):
+    """The session's Engine folder, for tests that need FA3 (skipped where it does not import)."""
+    reason = _fa3_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    return str(tmp_path_factory.getbasetemp())
+
+
 def test_weights_make_the_comparison_meaningful(tiny_model, tmp_path_factory):
     ref, _ = run_engine(tiny_model, str(tmp_path_factory.getbasetemp()), attention_backend="flashinfer")
     # peaked next-token distributions: the top-1 logprob is far above -log(vocab) = -9.0
@@ -90,23 +99,17 @@ def test_hybrid_flashinfer_prefill(tiny_model, tmp_path_factory):
     assert mx <= 1e-3
 
 
-def test_hybrid_fa3_prefill(tiny_model, tmp_path_factory):
-    reason = _fa3_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    tmp = str(tmp_path_factory.getbasetemp())
+def test_hybrid_fa3_prefill(tiny_model, fa3_tmp):
+    tmp = fa3_tmp
     got, log = run_engine(tiny_model, tmp, prefill_attention_backend="fa3", decode_attention_backend="kvprefetch")
     assert_kvprefetch_served(log)
     assert "decode half of SGLang's HybridAttnBackend" in log
     print(f"hybrid fa3 prefill: {assert_matches_flashinfer(tiny_model, tmp, got)}")
 
 
-def test_logprobs_match_fa3(tiny_model, tmp_path_factory):
+def test_logprobs_match_fa3(tiny_model, fa3_tmp):
     """Against SGLang's Hopper default too, under the same bound calibrated on Triton vs FlashInfer."""
-    reason = _fa3_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    tmp = str(tmp_path_factory.getbasetemp())
+    tmp = fa3_tmp
     ref, _ = run_engine(tiny_model, tmp, attention_backend="fa3")
     got, log = run_engine(tiny_model, tmp, attention_backend="kvprefetch")
     assert_kvprefetch_served(log)
@@ -115,13 +118,11 @@ def test_logprobs_match_fa3(tiny_model, tmp_path_factory):
     print(f"kvprefetch vs fa3 max |dlogprob| {mx:.4f}, mean {mean:.4f}; bound {bound[0]:.4f} / {bound[1]:.4f}")
 
 
-def test_prefill_knob_fa3(tiny_model, tmp_path_factory):
+def test_prefill_knob_fa3(tiny_model, fa3_tmp):
     """KVPREFETCH_PREFILL_BACKEND=fa3: SGLang's FA3 backend is the prefill half of --attention-backend kvprefetch."""
-    reason = _fa3_missing_reason()
-    if reason:
-        pytest.skip(reason)
-    tmp = str(tmp_path_factory.getbasetemp())
-    got, log = run_engine(tiny_model, tmp, env={**os.environ, "KVPREFETCH_PREFILL_BACKEND": "fa3"}, attention_backend="kvprefetch")
+    tmp = fa3_tmp
+    got, log = run_engine(tiny_model, tmp, env={**os.environ, "KVPREFETCH_PREFILL_BACKEND": "fa3"},
+                          attention_backend="kvprefetch")
     assert_kvprefetch_served(log)
     assert "prefill: FA3" in log
     print(f"kvprefetch with FA3 prefill: {assert_matches_flashinfer(tiny_model, tmp, got)}")
