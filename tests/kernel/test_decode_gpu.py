@@ -196,7 +196,10 @@ def test_pdl_variant_sees_the_previous_kernels_writes(graphed):
         step()
     ref = plain.run(inp.q, inp.k, inp.v, sm_scale=0.08)  # the row now holds new_k / new_v
     torch.cuda.synchronize()
-    assert torch.equal(out, ref)
+    if pdl.num_splits_for(3) == plain.num_splits_for(3):  # same split plan: the same sums in the same order
+        assert torch.equal(out, ref)
+    else:  # occupancy differs, so the splits do; a stale row (zeros, not the x4 new one) would be far off
+        assert rel_err(out, ref.double()) < 1e-3
 
 
 @pytest.mark.parametrize("d,page", [(64, 16), (128, 1), (128, 16), (256, 16)])
