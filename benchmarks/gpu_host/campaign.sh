@@ -6,7 +6,8 @@
 #   KIND once:   run in one call only, whatever its exit status (tests, benchmarks that do not resume)
 #   KIND resume: run again in every call until it exits 0 without printing STOPPED (serving_bench resumes
 #                its finished points, so a rerun only does what is left)
-#   GPU "cpu": a worker with no GPU visible (CPU-only jobs alongside).
+#   GPU "cpu": a worker with no GPU visible (CPU-only jobs alongside). GPU "2+3": a worker that sees GPUs 2 and 3
+#   (TP=2 tests); it runs beside the workers of GPU 2 and GPU 3, so give those no jobs in the same plan.
 #   A job is started only if MIN_S seconds are left; COMMAND sees DEADLINE_S (seconds it may use) and JOB_OUT
 #   (its folder under $STATE, kept on the host between calls while it stays warm).
 # SECONDS: this call's budget from now. State (done markers, job outputs, logs) lives in STATE=/tmp/kvp-campaign.
@@ -29,7 +30,7 @@ worker() {  # gpu
     echo "[gpu$gpu] $name: start ($left s left)"
     t0=$(date +%s)
     echo "=== call at $(date -u +%FT%TZ), $left s left" >> "$log"
-    dev=$gpu; [ "$gpu" = cpu ] && dev=""
+    dev=${gpu//+/,}; [ "$gpu" = cpu ] && dev=""
     CUDA_VISIBLE_DEVICES=$dev DEADLINE_S=$(( left - 25 )) JOB_OUT="$state/$name" \
       timeout -k 10 $(( left - 5 )) bash -c "$cmd" >> "$log" 2>&1
     rc=$?
@@ -40,7 +41,7 @@ worker() {  # gpu
   done < "$plan"
 }
 
-gpus=$(cut -d'|' -f1 "$plan" | grep -E '^([0-9]+|cpu)$' | sort -u)
+gpus=$(cut -d'|' -f1 "$plan" | grep -E '^([0-9]+(\+[0-9]+)*|cpu)$' | sort -u)
 for g in $gpus; do worker "$g" & done
 wait
 echo "campaign: done markers: $(ls "$state/done" | tr '\n' ' ')"
