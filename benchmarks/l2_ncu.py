@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 TAG = "l2tel"   # outer range of every measured call: ncu --nvtx-include "l2tel/"
 HIT = "lts__t_sector_hit_rate.pct"
@@ -44,12 +47,38 @@ def find(explicit: Optional[str] = None) -> Optional[str]:
     return next((c for c in cands if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
-def command(ncu: str, log: Path, child: Sequence[str]) -> List[str]:
+def command(ncu: str, log: Path, child: Sequence[str], collect: Optional[Sequence[str]] = None) -> List[str]:
     """`--print-units base`: plain byte / nsecond / sector units; `--log-file`: ncu's output (the CSV included)
-    apart from the child's own output."""
+    apart from the child's own output. ``collect``: what to measure (default: this module's METRICS)."""
+    collect = list(collect) if collect is not None else ["--metrics", ",".join(METRICS)]
     return [ncu, "--clock-control", "none", "--cache-control", "all", "--target-processes", "all",
-            "--csv", "--page", "raw", "--print-units", "base", "--metrics", ",".join(METRICS),
+            "--csv", "--page", "raw", "--print-units", "base", *collect,
             "--nvtx", "--nvtx-include", f"{TAG}/", "--log-file", str(log), *child]
+
+
+def profiled(ncu: str, child_argv: Callable[[Path], List[str]], timeout_s: float,
+             collect: Optional[Sequence[str]] = None) -> Tuple[int, str, Dict[str, Any], List[str]]:
+    """Run the child (``child_argv(manifest_path)``) under ncu: (exit code, ncu's text, the child's manifest, the
+    command line)."""
+    with tempfile.TemporaryDirectory(prefix="ncu-") as td:
+        log, manifest = Path(td) / "ncu.log", Path(td) / "manifest.json"
+        cmd = command(ncu, log, child_argv(manifest), collect)
+        rc, text = profile(cmd, log, timeout_s)
+        try:
+            man = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            man = {}
+    return rc, text, man, cmd
+
+
+def describe_command(explicit: Optional[str], child_argv: Callable[[Path], List[str]],
+                     collect: Optional[Sequence[str]] = None) -> str:
+    """For --dry-run: where ncu is and the command line a run would use (placeholder temporary paths)."""
+    ncu = find(explicit)
+    td = Path(tempfile.gettempdir()) / "ncu-XXXX"
+    cmd = command(ncu or "ncu", td / "ncu.log", child_argv(td / "manifest.json"), collect)
+    return (f"ncu: {ncu or 'NOT FOUND (a run would write every row skipped)'}\n"
+            f"command: {shlex.join(cmd)}")
 
 
 def version(ncu: str) -> Optional[str]:
@@ -151,6 +180,12 @@ def read_raw(text: str) -> Tuple[List[str], Dict[str, str], List[Dict[str, str]]
     return header, units, [unique[k] for k in dict.fromkeys((r.get("Process ID"), r["ID"]) for r in rows)]
 
 
+def unmeasured_reason(text: str, rc: int) -> str:
+    """Why a profiled run left a row without numbers: ncu's own error, else the child's exit, else no attribution."""
+    return fatal_reason(text) or (f"profiled child exited {rc}" if rc else
+                                  "no profiled launch was attributed to its NVTX ranges")
+
+
 def fatal_reason(text: str) -> Optional[str]:
     for marker in FATAL_MARKERS:
         for line in text.splitlines():
@@ -159,21 +194,27 @@ def fatal_reason(text: str) -> Optional[str]:
     return None
 
 
+def call_of(row: Dict[str, str], header: List[str]) -> Optional[Dict[str, Any]]:
+    """{batch, ctx, kernel, call} of the call range a launch sits in; None outside every call range."""
+    labels = {m.group(0) for h in header if "Push/Pop_Range" in h for m in _LABEL.finditer(row.get(h, ""))}
+    if len(labels) > 1:
+        raise ValueError(f"launch {row.get('ID')} is inside several call ranges: {sorted(labels)}")
+    if not labels:
+        return None
+    m = _LABEL.fullmatch(labels.pop())
+    return {"batch": int(m.group(1)), "ctx": int(m.group(2)), "kernel": m.group(3), "call": int(m.group(4))}
+
+
 def launches(text: str) -> List[Dict[str, Any]]:
     """One record per profiled launch that sits in a call range: label fields + the metrics in base units."""
     header, units, rows = read_raw(text)
-    nvtx_cols = [h for h in header if "Push/Pop_Range" in h]
     out = []
     for r in rows:
-        labels = {m.group(0) for c in nvtx_cols for m in _LABEL.finditer(r.get(c, ""))}
-        if len(labels) != 1:
-            if len(labels) > 1:
-                raise ValueError(f"launch {r.get('ID')} is inside several call ranges: {sorted(labels)}")
+        call = call_of(r, header)
+        if call is None:
             continue
-        m = _LABEL.fullmatch(labels.pop())
         out.append({
-            "batch": int(m.group(1)), "ctx": int(m.group(2)), "kernel": m.group(3), "call": int(m.group(4)),
-            "name": r.get("Kernel Name", "?"),
+            **call, "name": r.get("Kernel Name", "?"),
             "hit_pct": number(r.get(HIT)),
             "sectors": scaled(number(r.get(SECTORS)), units.get(SECTORS, ""), "sector"),
             "dram_pct": number(r.get(DRAM_PCT)),

@@ -18,7 +18,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -26,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import kernel_grid as kg  # noqa: E402
 import l2_ncu as nc  # noqa: E402
+import ncu_calls  # noqa: E402
+import ncu_rows as nr  # noqa: E402
 import results_io as rio  # noqa: E402
 
 HEADS = kg.HEAD_SHAPES["llama3_8b"]
@@ -101,67 +102,14 @@ def child_argv(args: argparse.Namespace, manifest: Path) -> List[str]:
 # ------------------------------------------------------------------------------------------------ child (GPU)
 
 def child(args: argparse.Namespace) -> int:
-    import torch
-
-    import kernel_bench as kb
     import kernel_peers as kp
 
-    dev = torch.device("cuda", torch.cuda.current_device())
-    props = torch.cuda.get_device_properties(dev)
-    l2_bytes = int(getattr(props, "L2_cache_size", 50 << 20) or (50 << 20))
-    cap = torch.cuda.get_device_capability(dev)
-    man: Dict[str, Any] = {"device": torch.cuda.get_device_name(dev), "capability": f"{cap[0]}.{cap[1]}",
-                           "l2_mb": round(l2_bytes / 2**20, 1), "cuda": torch.version.cuda,
-                           "prefetch_mode": os.environ.get("KVPREFETCH_PREFETCH_MODE", "line"), "entries": []}
     names = kernels(args.distance)
     adapters = dict(kp.ADAPTERS)
     adapters[names[1]] = type("KvPrefetchPf", (kp.KvPrefetch,), {"name": names[1], "distance": args.distance})
-    cache = kp.Cache(dev)
-    for batch, ctx in args.shape_list:
-        shape = shape_of(batch, ctx)
-        torch.cuda.empty_cache()
-        # pools: enough separate KV pools that > 4x L2 of other KV is read between two uses of one (at least 2)
-        pools, _ = kg.plan_layers(shape.pool_bytes, int(torch.cuda.mem_get_info(dev)[0] * 0.8), l2_bytes,
-                                  base_layers=1)
-        print(f"[l2] batch {batch} ctx {rio.fmt_tokens(ctx)}: {pools} KV pools of "
-              f"{shape.pool_bytes / 2**20:.0f} MiB", flush=True)
-        prob, why = None, "one KV pool does not fit in memory"
-        try:
-            prob = kp.Problem(shape, pools, dev, seed=args.seed) if pools else None
-        except Exception as e:
-            why = f"inputs could not be built: {kb._reason(e)}"
-        for name in names:
-            ent: Dict[str, Any] = {"batch": batch, "ctx": ctx, "kernel": name}
-            try:
-                if prob is None:
-                    raise kp.Unsupported(why)
-                kern = adapters[name](prob, cache)
-                out = kern(0)
-                torch.cuda.synchronize()
-                ent.update(max_rel_err=prob.max_rel_err(out), prefetch_distance=kern.prefetch_distance)
-                for i in range(1, WARMUP):
-                    kern(i % pools)
-                torch.cuda.synchronize()
-                for c in range(CALLS):
-                    with torch.cuda.nvtx.range(nc.TAG), torch.cuda.nvtx.range(nc.call_label(batch, ctx, name, c)):
-                        kern((WARMUP + c) % pools)
-                        torch.cuda.synchronize()
-                del kern, out
-            except Exception as e:  # the kernel cannot run here: its row says why
-                ent["skipped"] = str(e)[:400] if isinstance(e, kp.Unsupported) else kb._reason(e)
-            print(f"[l2]   {name:16s} " + (f"skipped: {ent['skipped'][:120]}" if ent.get("skipped") else
-                                           f"profiled (rel.err {ent['max_rel_err']:.1e})"), flush=True)
-            man["entries"].append(ent)
-            rio.write_json(args.manifest, man)
-            dead = kb._cuda_dead(torch)
-            if dead:
-                print(f"[l2] FATAL CUDA error, stopping: {dead}", flush=True)
-                return 3
-        if prob is not None:
-            prob.free()
-        del prob
-    rio.write_json(args.manifest, man)
-    return 0
+    return ncu_calls.run([shape_of(b, c) for b, c in args.shape_list], names, adapters, args.manifest,
+                         seed=args.seed, warmup=WARMUP, calls=CALLS,
+                         extra={"prefetch_mode": os.environ.get("KVPREFETCH_PREFETCH_MODE", "line")})
 
 
 # ------------------------------------------------------------------------------------------------ parent
@@ -186,9 +134,7 @@ def build_rows(args: argparse.Namespace, man: Dict[str, Any], measured: Dict[Tup
             e = entries.get(key, {})
             m = measured.get(key) if not e.get("skipped") else None
             row: Dict[str, Any] = {
-                "shape": {"batch": batch, "ctx": ctx, "page_size": s.page_size, "num_qo_heads": s.num_qo_heads,
-                          "num_kv_heads": s.num_kv_heads, "head_dim": s.head_dim},
-                "kernel": name, "l2_hit_pct": None, "dram_pct_peak": None, "dram_read_mb": None,
+                "shape": nr.shape_fields(s), "kernel": name, "l2_hit_pct": None, "dram_pct_peak": None, "dram_read_mb": None,
                 "kv_mb": s.kv_bytes / 1e6, "duration_us": None, "kernels_per_call": None, "skipped": None}
             if name.startswith("kvprefetch"):
                 row["prefetch_distance"] = e.get("prefetch_distance", 0 if name.endswith("_d0") else args.distance)
@@ -198,14 +144,9 @@ def build_rows(args: argparse.Namespace, man: Dict[str, Any], measured: Dict[Tup
                 row["dram_read_over_kv"] = m["dram_read_mb"] / row["kv_mb"]
                 row["max_rel_err"] = e.get("max_rel_err")
             else:
-                row["skipped"] = e.get("skipped") or (missing_reason if e else
-                                                      f"not reached by the profiled child ({missing_reason})")
+                row["skipped"] = nr.skip_reason(e, missing_reason)
             rows.append(row)
     return rows
-
-
-def row_key(r: Dict[str, Any]) -> Tuple:
-    return tuple(sorted(r["shape"].items())) + (r["kernel"],)
 
 
 def render_md(doc: Dict[str, Any]) -> str:
@@ -215,14 +156,8 @@ def render_md(doc: Dict[str, Any]) -> str:
            f"torch {v.get('torch')}, FlashInfer {v.get('flashinfer')}, sgl-kernel {v.get('sglang_kernel')}, "
            f"CUDA {v.get('cuda')}; L2 {doc.get('l2_mb')} MB.\n"]
     out += [f"- {k}: {t}" for k, t in (doc.get("method") or {}).items()]
-    shapes: Dict[Tuple, List[Dict[str, Any]]] = {}
-    for r in doc.get("rows", []):
-        shapes.setdefault(tuple(r["shape"].values()), []).append(r)
-    for rows in shapes.values():
-        s = rows[0]["shape"]
-        out.append(f"\n## batch {s['batch']}, ctx {rio.fmt_tokens(s['ctx'])} (page {s['page_size']}, "
-                   f"{s['num_qo_heads']}/{s['num_kv_heads']} heads, d {s['head_dim']}; KV "
-                   f"{rio.fmt_num(rows[0]['kv_mb'])} MB per call)\n")
+    for heading, rows in nr.by_shape(doc.get("rows", [])):
+        out.append(heading)
         table = []
         for r in rows:
             ok = r["skipped"] is None
@@ -253,45 +188,31 @@ def run(args: argparse.Namespace) -> int:
         version = nc.version(ncu)
         print(f"l2_telemetry: {ncu} ({version}); plan {len(args.shape_list)} shapes x {kernels(args.distance)}",
               flush=True)
-        with tempfile.TemporaryDirectory(prefix="l2tel-") as td:
-            log, mpath = Path(td) / "ncu.log", Path(td) / "manifest.json"
-            cmd = nc.command(ncu, log, child_argv(args, mpath))
-            rc, text = nc.profile(cmd, log, args.timeout_s)
-            man = rio.load_json(mpath) or {}
+        rc, text, man, cmd = nc.profiled(ncu, lambda manifest: child_argv(args, manifest), args.timeout_s)
         try:
             measured = nc.aggregate(nc.launches(text))
         except ValueError as e:
             text += f"\n==ERROR== ncu CSV not understood: {e}"
-        fatal = nc.fatal_reason(text)
-        reason = (fatal or (f"profiled child exited {rc}" if rc else
-                            "no profiled launch was attributed to its NVTX ranges"))
+        reason = nc.unmeasured_reason(text, rc)
     if not measured:
         print(f"l2_telemetry: nothing measured: {reason}", flush=True)
     name = man.get("device") or device_name()
     slug = args.gpu or rio.device_slug(name)
     json_path, md_path = args.out / f"l2-{slug}.json", args.out / f"l2-{slug}.md"
-    old = rio.load_json(json_path) or {}
     doc: Dict[str, Any] = {"device": name, "gpu": slug, "capability": man.get("capability"),
                            "l2_mb": man.get("l2_mb")}
     doc.update(rio.stamp({"cuda": man.get("cuda")}))
     doc.update(ncu_version=version, ncu_command=shlex.join(cmd) if cmd else None,
                prefetch_mode=man.get("prefetch_mode"), method=METHOD)
     rows = build_rows(args, man, measured, reason)
-    doc["rows"] = rio.merge_rows(old.get("rows", []), rows, row_key)
-    rio.write_json(json_path, doc)
-    rio.write_text(md_path, render_md(doc))
-    print(f"wrote {json_path} and {md_path}: {sum(r['skipped'] is None for r in rows)}/{len(rows)} rows measured")
-    return 0 if any(r["skipped"] is None for r in rows) else 1
+    return nr.write(doc, rows, json_path, md_path, render_md)
 
 
 def dry_run(args: argparse.Namespace) -> int:
     print(f"shapes: {[f'{b}x{rio.fmt_tokens(c)}' for b, c in args.shape_list]} (page {PAGE_SIZE}, "
           f"{HEADS[0]}/{HEADS[1]} heads, d {HEADS[2]}, {KV_DTYPE})")
     print(f"kernels: {kernels(args.distance)}; {WARMUP} warm-up + {CALLS} profiled calls each")
-    ncu = nc.find(args.ncu)
-    print(f"ncu: {ncu or 'NOT FOUND (a run would write every row skipped)'}")
-    td = Path(tempfile.gettempdir()) / "l2tel-XXXX"
-    print("command: " + shlex.join(nc.command(ncu or "ncu", td / "ncu.log", child_argv(args, td / "manifest.json"))))
+    print(nc.describe_command(args.ncu, lambda manifest: child_argv(args, manifest)))
     return 0
 
 
