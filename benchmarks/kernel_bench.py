@@ -38,6 +38,7 @@ CONFIG_LEVEL_HINTS = ("ninja", "compil", "nvcc", "build", "unavailable", "not su
 # Measured order: cheap and seeded first; XQA last so its background build has time to finish.
 RUN_ORDER = ("read_bound", "kvprefetch", "kvprefetch_d0", "flashinfer_cc", "flashinfer_tc", "sglang_triton", "fa3",
              "flashinfer_cudnn", "xqa")
+MAX_SPLITS_SWEPT = 64  # --splits: the split workspace is sized for the largest batch at that count (64: ~270 MB)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -68,10 +69,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     help="also run kvprefetch with programmatic dependent launch (kernel kvprefetch_pdl; experiment)")
     ap.add_argument("--fp8-q", action="store_true",
                     help="with --fp8: also run kvprefetch with q in e4m3 (kernel kvprefetch_q8; experiment)")
+    ap.add_argument("--splits", type=int, nargs="+", default=[], metavar="N",
+                    help="also run kvprefetch with N KV splits per (request, kv head) instead of the planner's "
+                         "(kernel kvprefetch_xN; experiment)")
     args = ap.parse_args(argv)
     bad = [n for n in args.stages if not 2 <= n <= 8]
     if bad:
         ap.error(f"--stages: expected values 2..8, got {bad}")
+    bad = [n for n in args.splits if not 1 <= n <= MAX_SPLITS_SWEPT]
+    if bad:
+        ap.error(f"--splits: expected values 1..{MAX_SPLITS_SWEPT}, got {bad}")
     if args.only:
         bad = [k for k in args.only if k not in kg.ALL_KERNELS]
         if bad:
@@ -80,9 +87,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """The kvprefetch variants asked for with --stages / --pdl, as kernel_peers.variant() arguments."""
+    """The kvprefetch variants asked for with --stages / --pdl / --fp8-q / --splits, as kernel_peers.variant()
+    arguments."""
     return ([dict(stages=n) for n in args.stages] + ([dict(pdl=True)] if args.pdl else [])
-            + ([dict(fp8_q=True)] if args.fp8_q else []))
+            + ([dict(fp8_q=True)] if args.fp8_q else []) + [dict(splits=n) for n in args.splits])
 
 
 def selected(args: argparse.Namespace):

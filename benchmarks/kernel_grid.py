@@ -33,9 +33,11 @@ READ_BOUND = "read_bound"
 ALL_KERNELS = KVPREFETCH_KERNELS + PEER_KERNELS + (READ_BOUND,)
 
 
-def variant_name(stages: Optional[int] = None, pdl: bool = False, fp8_q: bool = False) -> str:
-    """Kernel name of a kvprefetch experiment variant (kernel_bench --stages / --pdl / --fp8-q)."""
-    return "kvprefetch" + (f"_s{stages}" if stages else "") + ("_pdl" if pdl else "") + ("_q8" if fp8_q else "")
+def variant_name(stages: Optional[int] = None, pdl: bool = False, fp8_q: bool = False,
+                 splits: Optional[int] = None) -> str:
+    """Kernel name of a kvprefetch experiment variant (kernel_bench --stages / --pdl / --fp8-q / --splits)."""
+    return ("kvprefetch" + (f"_s{stages}" if stages else "") + ("_pdl" if pdl else "") + ("_q8" if fp8_q else "")
+            + (f"_x{splits}" if splits else ""))
 REGIMES = ("in_sequence", "cold")
 
 

@@ -169,16 +169,22 @@ class KvPrefetch(Kernel):
     stages: Optional[int] = None  # None: the tuned table; set by variant() for experiments
     pdl = False
     fp8_q = False
+    splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
+    #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
 
     def __init__(self, prob: Problem, cache: Cache):
         from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 
         s = prob.shape
         key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance,
-               self.stages, self.pdl, self.fp8_q)
+               self.stages, self.pdl, self.fp8_q, self.splits)
         w = cache.wrappers.get(key)
         if w is None:
-            w = BatchDecodeWithPagedKVCache(s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, Q_TORCH,
+            cls = BatchDecodeWithPagedKVCache
+            if self.splits:  # the wrapper sizes its split workspace through num_splits_for, so this stays in bounds
+                fixed = self.splits
+                cls = type("FixedSplits", (cls,), {"num_splits_for": lambda self, batch_size: fixed})
+            w = cls(s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, Q_TORCH,
                                             prob.kv_dtype, prob.device, max_batch_size=256,
                                             prefetch_distance=self.distance, stages=self.stages, pdl=self.pdl,
                                             fp8_q=self.fp8_q)
@@ -200,11 +206,13 @@ class KvPrefetchD0(KvPrefetch):
     distance = 0
 
 
-def variant(stages: Optional[int] = None, pdl: bool = False, fp8_q: bool = False) -> type:
+def variant(stages: Optional[int] = None, pdl: bool = False, fp8_q: bool = False,
+            splits: Optional[int] = None) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
-    dependent launch (``kvprefetch_pdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``)."""
-    name = variant_name(stages, pdl, fp8_q)
-    return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q})
+    dependent launch (``kvprefetch_pdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``), a fixed split count
+    (``kvprefetch_x<n>``)."""
+    name = variant_name(stages, pdl, fp8_q, splits)
+    return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits})
 
 
 class FlashInferDecode(Kernel):

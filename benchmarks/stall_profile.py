@@ -33,7 +33,7 @@ import results_io as rio  # noqa: E402
 SECTIONS = ("SpeedOfLight", "Occupancy", "SchedulerStats", "WarpStateStats", "ComputeWorkloadAnalysis")
 WARMUP, CALLS = 3, 2
 DEFAULT_KERNELS = ("kvprefetch", "fa3", "xqa", "flashinfer_tc")
-_VARIANT = re.compile(r"kvprefetch(?:_s(\d+))?(_pdl)?(_q8)?")
+_VARIANT = re.compile(r"kvprefetch(?:_s(\d+))?(_pdl)?(_q8)?(?:_x(\d+))?")
 _STALL = re.compile(r"smsp__average_warps_issue_stalled_(\w+?)_per_issue_active\.ratio")
 # headline columns of the table: (title, metric-name prefixes tried in order)
 HEADLINE = (("issue active %", ("smsp__issue_active.avg.pct_of_peak_sustained_active",)),
@@ -50,7 +50,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--shapes", default="1x1024,8x2048,32x16384", help="batch x ctx list, e.g. 1x1K,8x2K")
     ap.add_argument("--kernels", nargs="+", default=list(DEFAULT_KERNELS),
                     help="peers (" + " ".join(kg.PEER_KERNELS) + "), kvprefetch, kvprefetch_d0 and experiment "
-                         "variants kvprefetch[_s<N>][_pdl][_q8]")
+                         "variants kvprefetch[_s<N>][_pdl][_q8][_x<splits>]")
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--fp8", action="store_true", help="KV cache float8_e4m3fn instead of bf16")
     ap.add_argument("--hd64", action="store_true", help="32 q / 8 kv heads, d 64 instead of 32/8/128")
@@ -68,7 +68,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         ap.error(str(e))
     bad = [k for k in args.kernels if k not in kg.PEER_KERNELS and variant_of(k) is None]
     if bad:
-        ap.error(f"--kernels: unknown {bad}; expected peers {list(kg.PEER_KERNELS)} or kvprefetch[_s<N>][_pdl][_q8]"
+        ap.error(f"--kernels: unknown {bad}; expected peers {list(kg.PEER_KERNELS)} or kvprefetch[_s<N>][_pdl][_q8][_x<N>]"
                  " or kvprefetch_d0")
     if args.page_size < 1 or args.page_size & (args.page_size - 1):
         ap.error(f"--page-size: expected a power of two, got {args.page_size}")
@@ -82,7 +82,8 @@ def variant_of(name: str) -> Optional[Dict[str, Any]]:
     m = _VARIANT.fullmatch(name)
     if m is None or not any(m.groups()):
         return None
-    return {"stages": int(m.group(1)) if m.group(1) else None, "pdl": bool(m.group(2)), "fp8_q": bool(m.group(3))}
+    return {"stages": int(m.group(1)) if m.group(1) else None, "pdl": bool(m.group(2)), "fp8_q": bool(m.group(3)),
+            "splits": int(m.group(4)) if m.group(4) else None}
 
 
 def shape_of(args: argparse.Namespace, batch: int, ctx: int) -> kg.Shape:

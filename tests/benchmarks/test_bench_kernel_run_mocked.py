@@ -218,3 +218,18 @@ def test_stages_and_pdl_flags_add_variant_kernels_after_ours():
     assert kernels.index("kvprefetch_pdl") == kernels.index("kvprefetch_s6") + 1
     with pytest.raises(SystemExit):
         kernel_bench.parse_args(["--stages", "9"])
+
+
+def test_splits_flag_adds_fixed_split_variants():
+    import kernel_grid as kg
+    import kernel_peers as kp
+
+    args = kernel_bench.parse_args(["--splits", "1", "4", "--quick"])
+    _, _, kernels = kernel_bench.selected(args)
+    assert kernels[kernels.index("kvprefetch_d0") + 1:][:2] == ["kvprefetch_x1", "kvprefetch_x4"]
+    assert kg.variant_name(stages=6, pdl=True, splits=2) == "kvprefetch_s6_pdl_x2"
+    cls = kp.variant(splits=4)
+    assert cls.name == "kvprefetch_x4" and cls.splits == 4 and issubclass(cls, kp.KvPrefetch)
+    for bad in ("0", "65"):
+        with pytest.raises(SystemExit):
+            kernel_bench.parse_args(["--splits", bad])

@@ -36,8 +36,8 @@ def sample():
 
 def test_kernel_names_and_variants():
     assert sp.variant_of("kvprefetch") == {} and sp.variant_of("kvprefetch_d0") == {}
-    assert sp.variant_of("kvprefetch_s6_pdl") == {"stages": 6, "pdl": True, "fp8_q": False}
-    assert sp.variant_of("kvprefetch_q8") == {"stages": None, "pdl": False, "fp8_q": True}
+    assert sp.variant_of("kvprefetch_s6_pdl") == {"stages": 6, "pdl": True, "fp8_q": False, "splits": None}
+    assert sp.variant_of("kvprefetch_q8_x2") == {"stages": None, "pdl": False, "fp8_q": True, "splits": 2}
     assert sp.variant_of("kvprefetch_") is None and sp.variant_of("fa3") is None
     with pytest.raises(SystemExit):
         sp.parse_args(["--kernels", "kvprefetch", "flash"])
