@@ -4,8 +4,9 @@ fit, and a wall-time estimate. Pure Python (no torch)."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 K = 1024
 
@@ -38,6 +39,23 @@ def variant_name(stages: Optional[int] = None, pdl: bool = False, fp8_q: bool = 
     """Kernel name of a kvprefetch experiment variant (kernel_bench --stages / --pdl / --fp8-q / --splits)."""
     return ("kvprefetch" + (f"_s{stages}" if stages else "") + ("_pdl" if pdl else "") + ("_q8" if fp8_q else "")
             + (f"_x{splits}" if splits else ""))
+
+
+_VARIANT = re.compile(r"kvprefetch(?:_s(\d+))?(_pdl)?(_q8)?(?:_x(\d+))?")
+
+
+def parse_variant(name: str) -> Optional[Dict[str, Any]]:
+    """variant_name's inverse: 'kvprefetch_s6_pdl' -> {stages: 6, pdl: True, fp8_q: False, splits: None};
+    'kvprefetch' / 'kvprefetch_d0' -> {}; anything else -> None."""
+    if name in KVPREFETCH_KERNELS:
+        return {}
+    m = _VARIANT.fullmatch(name)
+    if m is None or not any(m.groups()):
+        return None
+    return {"stages": int(m.group(1)) if m.group(1) else None, "pdl": bool(m.group(2)), "fp8_q": bool(m.group(3)),
+            "splits": int(m.group(4)) if m.group(4) else None}
+
+
 REGIMES = ("in_sequence", "cold")
 
 

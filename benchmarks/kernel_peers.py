@@ -181,13 +181,11 @@ class KvPrefetch(Kernel):
         w = cache.wrappers.get(key)
         if w is None:
             cls = BatchDecodeWithPagedKVCache
-            if self.splits:  # the wrapper sizes its split workspace through num_splits_for, so this stays in bounds
-                fixed = self.splits
-                cls = type("FixedSplits", (cls,), {"num_splits_for": lambda self, batch_size: fixed})
-            w = cls(s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, Q_TORCH,
-                                            prob.kv_dtype, prob.device, max_batch_size=256,
-                                            prefetch_distance=self.distance, stages=self.stages, pdl=self.pdl,
-                                            fp8_q=self.fp8_q)
+            if self.splits:
+                cls = _fixed_splits(cls, self.splits)
+            w = cls(s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, Q_TORCH, prob.kv_dtype, prob.device,
+                    max_batch_size=256, prefetch_distance=self.distance, stages=self.stages, pdl=self.pdl,
+                    fp8_q=self.fp8_q)
             w.load()
             cache.wrappers[key] = w
         self.w, self.prob = w, prob
@@ -199,6 +197,13 @@ class KvPrefetch(Kernel):
         p = self.prob
         return self.w.run(p.q, p.k(layer), p.v(layer), sm_scale=p.sm_scale, logits_soft_cap=0.0,
                           k_scale=p.k_scale, v_scale=p.v_scale, out=self.out)
+
+
+def _fixed_splits(wrapper_cls: type, splits: int) -> type:
+    """The wrapper with its planner's split count replaced by ``splits``. The wrapper sizes its split workspace
+    through num_splits_for too, so the override stays in bounds."""
+    return type(f"{wrapper_cls.__name__}Splits{splits}", (wrapper_cls,),
+                {"num_splits_for": lambda self, batch_size: splits})
 
 
 class KvPrefetchD0(KvPrefetch):

@@ -134,8 +134,8 @@ def build_rows(args: argparse.Namespace, man: Dict[str, Any], measured: Dict[Tup
             e = entries.get(key, {})
             m = measured.get(key) if not e.get("skipped") else None
             row: Dict[str, Any] = {
-                "shape": nr.shape_fields(s), "kernel": name, "l2_hit_pct": None, "dram_pct_peak": None, "dram_read_mb": None,
-                "kv_mb": s.kv_bytes / 1e6, "duration_us": None, "kernels_per_call": None, "skipped": None}
+                "shape": nr.shape_fields(s), "kernel": name, "l2_hit_pct": None, "dram_pct_peak": None,
+                "dram_read_mb": None, "kv_mb": s.kv_bytes / 1e6, "duration_us": None, "kernels_per_call": None, "skipped": None}
             if name.startswith("kvprefetch"):
                 row["prefetch_distance"] = e.get("prefetch_distance", 0 if name.endswith("_d0") else args.distance)
             if m:

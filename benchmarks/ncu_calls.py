@@ -49,7 +49,8 @@ def run(shapes: List[kg.Shape], names: List[str], adapters: Dict[str, Callable],
                 kern = adapters[name](prob, cache)
                 out = kern(0)
                 torch.cuda.synchronize()
-                ent.update(max_rel_err=prob.max_rel_err(out), prefetch_distance=getattr(kern, "prefetch_distance", None))
+                ent.update(max_rel_err=prob.max_rel_err(out),
+                           prefetch_distance=getattr(kern, "prefetch_distance", None))
                 for i in range(1, warmup):
                     kern(i % pools)
                 torch.cuda.synchronize()

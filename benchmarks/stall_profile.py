@@ -33,7 +33,6 @@ import results_io as rio  # noqa: E402
 SECTIONS = ("SpeedOfLight", "Occupancy", "SchedulerStats", "WarpStateStats", "ComputeWorkloadAnalysis")
 WARMUP, CALLS = 3, 2
 DEFAULT_KERNELS = ("kvprefetch", "fa3", "xqa", "flashinfer_tc")
-_VARIANT = re.compile(r"kvprefetch(?:_s(\d+))?(_pdl)?(_q8)?(?:_x(\d+))?")
 _STALL = re.compile(r"smsp__average_warps_issue_stalled_(\w+?)_per_issue_active\.ratio")
 # headline columns of the table: (title, metric-name prefixes tried in order)
 HEADLINE = (("issue active %", ("smsp__issue_active.avg.pct_of_peak_sustained_active",)),
@@ -66,24 +65,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         args.shape_list = l2.parse_shapes(args.shapes)
     except ValueError as e:
         ap.error(str(e))
-    bad = [k for k in args.kernels if k not in kg.PEER_KERNELS and variant_of(k) is None]
+    bad = [k for k in args.kernels if k not in kg.PEER_KERNELS and kg.parse_variant(k) is None]
     if bad:
-        ap.error(f"--kernels: unknown {bad}; expected peers {list(kg.PEER_KERNELS)} or kvprefetch[_s<N>][_pdl][_q8][_x<N>]"
-                 " or kvprefetch_d0")
+        ap.error(f"--kernels: unknown {bad}; expected peers {list(kg.PEER_KERNELS)}, kvprefetch_d0 or "
+                 "kvprefetch[_s<N>][_pdl][_q8][_x<N>]")
     if args.page_size < 1 or args.page_size & (args.page_size - 1):
         ap.error(f"--page-size: expected a power of two, got {args.page_size}")
     return args
-
-
-def variant_of(name: str) -> Optional[Dict[str, Any]]:
-    """kvprefetch_s6_pdl -> {stages: 6, pdl: True, fp8_q: False}; 'kvprefetch' / 'kvprefetch_d0' -> {}."""
-    if name in kg.KVPREFETCH_KERNELS:
-        return {}
-    m = _VARIANT.fullmatch(name)
-    if m is None or not any(m.groups()):
-        return None
-    return {"stages": int(m.group(1)) if m.group(1) else None, "pdl": bool(m.group(2)), "fp8_q": bool(m.group(3)),
-            "splits": int(m.group(4)) if m.group(4) else None}
 
 
 def shape_of(args: argparse.Namespace, batch: int, ctx: int) -> kg.Shape:
@@ -107,7 +95,7 @@ def child(args: argparse.Namespace) -> int:
 
     adapters = dict(kp.ADAPTERS)
     for name in args.kernels:
-        v = variant_of(name)
+        v = kg.parse_variant(name)
         if name not in adapters and v:
             adapters[name] = kp.variant(**v)
     return ncu_calls.run([shape_of(args, b, c) for b, c in args.shape_list], list(args.kernels), adapters,
@@ -174,8 +162,8 @@ def build_rows(args: argparse.Namespace, man: Dict[str, Any], measured: Dict[Tup
         for name in args.kernels:
             e = entries.get((batch, ctx, name), {})
             m = measured.get((batch, ctx, name)) if not e.get("skipped") else None
-            row: Dict[str, Any] = {
-                "shape": nr.shape_fields(s, with_dtype=True), "kernel": name, "kv_mb": s.kv_bytes / 1e6, "duration_us": None, "skipped": None}
+            row: Dict[str, Any] = {"shape": nr.shape_fields(s, with_dtype=True), "kernel": name,
+                                   "kv_mb": s.kv_bytes / 1e6, "duration_us": None, "skipped": None}
             if m:
                 row.update(m, max_rel_err=e.get("max_rel_err"), headline=headline(m["metrics"]),
                            top_stalls=top_stalls(m["metrics"]))

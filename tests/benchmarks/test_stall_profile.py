@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import kernel_grid as kg
 import l2_ncu as nc
 import stall_profile as sp
 from test_l2_telemetry import NVTX, csv_line
@@ -35,10 +36,10 @@ def sample():
 
 
 def test_kernel_names_and_variants():
-    assert sp.variant_of("kvprefetch") == {} and sp.variant_of("kvprefetch_d0") == {}
-    assert sp.variant_of("kvprefetch_s6_pdl") == {"stages": 6, "pdl": True, "fp8_q": False, "splits": None}
-    assert sp.variant_of("kvprefetch_q8_x2") == {"stages": None, "pdl": False, "fp8_q": True, "splits": 2}
-    assert sp.variant_of("kvprefetch_") is None and sp.variant_of("fa3") is None
+    assert kg.parse_variant("kvprefetch") == {} and kg.parse_variant("kvprefetch_d0") == {}
+    assert kg.parse_variant("kvprefetch_s6_pdl") == {"stages": 6, "pdl": True, "fp8_q": False, "splits": None}
+    assert kg.parse_variant("kvprefetch_q8_x2") == {"stages": None, "pdl": False, "fp8_q": True, "splits": 2}
+    assert kg.parse_variant("kvprefetch_") is None and kg.parse_variant("fa3") is None
     with pytest.raises(SystemExit):
         sp.parse_args(["--kernels", "kvprefetch", "flash"])
     with pytest.raises(SystemExit):
