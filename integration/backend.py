@@ -8,12 +8,12 @@ Design
 * Decode runs our kernel (``kvprefetch.jit_kernels.BatchDecodeWithPagedKVCache``) in
   :class:`KvPrefetchDecodeBackend`, a decode-only ``AttentionBackend``.
 * Prefill / extend / mixed chunked-prefill batches are not ours: with ``--attention-backend
-  kvprefetch`` we return SGLang's own ``HybridAttnBackend(prefill=FlashInferAttnBackend,
+  kvprefetch`` we return SGLang's own ``HybridAttnBackend(prefill=<FA3 or FlashInfer backend>,
   decode=KvPrefetchDecodeBackend)`` -- exactly what SGLang builds itself for
-  ``--prefill-attention-backend flashinfer --decode-attention-backend kvprefetch`` -- so
-  FlashInfer's prefill code (its req_to_token -> kv_indptr/kv_indices metadata, its
-  workspace, its prefill CUDA-graph support) runs unchanged. ``KVPREFETCH_PREFILL_BACKEND=fa3`` makes
-  SGLang's FA3 backend (built by SGLang's own factory) the prefill half instead. With
+  ``--prefill-attention-backend fa3 --decode-attention-backend kvprefetch`` -- so the
+  prefill backend's code (its metadata, its workspace, its CUDA-graph support) runs
+  unchanged. FA3 (built by SGLang's own factory, SGLang's Hopper default) where it imports,
+  FlashInfer otherwise; ``KVPREFETCH_PREFILL_BACKEND=flashinfer|fa3`` pins one. With
   ``--decode-attention-backend kvprefetch --prefill-attention-backend fa3|flashinfer|...``
   SGLang does the composing and we return the decode backend alone (see roles.py).
 * Decode metadata: we do NOT use FlashInfer's decode indices updater. Its
@@ -163,12 +163,14 @@ def _fa3_missing_reason() -> Optional[str]:
 
 
 def _prefill_choice(config: KvPrefetchConfig) -> str:
-    """The prefill half under --attention-backend kvprefetch: the knob's choice, or FlashInfer (with a warning)
-    where FA3 cannot run."""
+    """The prefill half under --attention-backend kvprefetch: FA3 where it imports (``auto``, the default, and
+    ``fa3``; only ``fa3`` warns where it does not), FlashInfer otherwise or when asked for."""
+    if config.prefill_backend == "flashinfer":
+        return "flashinfer"
+    why = _fa3_missing_reason()
+    if why is None:
+        return "fa3"
     if config.prefill_backend == "fa3":
-        why = _fa3_missing_reason()
-        if why is None:
-            return "fa3"
         _once(logging.WARNING, f"kvprefetch: {ENV_PREFILL}=fa3 but FA3 does not import ({why}); prefill runs on "
                                "SGLang's FlashInfer backend")
     return "flashinfer"

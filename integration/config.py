@@ -17,11 +17,13 @@ variable                        default    meaning
 ``KVPREFETCH_VALIDATE``         ``0``      ``1``: kernel validation mode. Read and applied
                                            by ``kvprefetch.jit_kernels`` itself; the
                                            backend only reports it in its start-up log.
-``KVPREFETCH_PREFILL_BACKEND``  ``flashinfer``  the SGLang backend that serves prefill/extend
+``KVPREFETCH_PREFILL_BACKEND``  ``auto``   the SGLang backend that serves prefill/extend
                                            under ``--attention-backend kvprefetch``:
-                                           ``flashinfer`` or ``fa3`` (SGLang's Hopper
-                                           default; FlashInfer with a warning where FA3
-                                           does not import).
+                                           ``auto`` (FA3 where it imports -- SGLang's
+                                           Hopper default, 11-22 % faster 16K prefill --
+                                           else FlashInfer), ``flashinfer``, or ``fa3``
+                                           (FlashInfer with a warning where FA3 does not
+                                           import).
 ==============================  =========  ================================================
 
 This module imports neither torch nor sglang.
@@ -37,7 +39,7 @@ ENV_PREFETCH_DISTANCE = "KVPREFETCH_PREFETCH_DISTANCE"
 ENV_DISABLE = "KVPREFETCH_DISABLE"
 ENV_VALIDATE = "KVPREFETCH_VALIDATE"
 ENV_PREFILL = "KVPREFETCH_PREFILL_BACKEND"
-PREFILL_BACKENDS = ("flashinfer", "fa3")
+PREFILL_BACKENDS = ("auto", "flashinfer", "fa3")  # the first is the default
 
 _TRUE = ("1", "true", "yes", "y", "on")
 _FALSE = ("0", "false", "no", "n", "off")
@@ -52,7 +54,7 @@ class KvPrefetchConfig:
     prefetch_distance: Optional[int] = None
     disable: bool = False
     validate: bool = False
-    prefill_backend: str = "flashinfer"
+    prefill_backend: str = "auto"
     warnings: Tuple[str, ...] = field(default=(), compare=False)
 
     def describe(self) -> str:

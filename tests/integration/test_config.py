@@ -73,8 +73,9 @@ def test_config_module_imports_neither_torch_nor_sglang():
 
 
 def test_prefill_backend_choice():
-    assert load_config({}).prefill_backend == "flashinfer"
+    assert load_config({}).prefill_backend == "auto"
     assert load_config({"KVPREFETCH_PREFILL_BACKEND": " FA3 "}).prefill_backend == "fa3"
+    assert load_config({"KVPREFETCH_PREFILL_BACKEND": "flashinfer"}).prefill_backend == "flashinfer"
     bad = load_config({"KVPREFETCH_PREFILL_BACKEND": "triton"})
-    assert bad.prefill_backend == "flashinfer" and "KVPREFETCH_PREFILL_BACKEND" in bad.warnings[0]
+    assert bad.prefill_backend == "auto" and "KVPREFETCH_PREFILL_BACKEND" in bad.warnings[0]
     assert "prefill=fa3 (KVPREFETCH_PREFILL_BACKEND)" in load_config({"KVPREFETCH_PREFILL_BACKEND": "fa3"}).describe()

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not is_sm90(), reason=SM90_REA
 
 MAX_TOKENS = 16
 READY = re.compile(
-    r"kvprefetch decode backend ready \(prefill: FlashInfer\): 8q/2kv heads x d128 over 4 layers.*"
+    r"kvprefetch decode backend ready \(prefill: (FA3|FlashInfer)\): 8q/2kv heads x d128 over 4 layers.*"
     r"prefetch_distance=.*modules: kvprefetch_decode_\S+ \((prebuilt|JIT cache|compiled|rebuilt), [\d.]+ s\); "
     r"start-up [\d.]+ s \(kernel modules [\d.]+ s, page-table kernel [\d.]+ s\); workspace [\d.]+ MiB")
 
