@@ -205,6 +205,11 @@ def dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def kvprefetch_env() -> Dict[str, str]:
+    """The KVPREFETCH_* knobs the servers inherit: they change what the kvprefetch rows measured."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("KVPREFETCH_")}
+
+
 def run(args: argparse.Namespace) -> int:
     t_start = time.time()
     name = gpu_name()
@@ -216,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
     doc: Dict[str, Any] = {"device": name, "gpu": slug}
     doc.update(rio.stamp())
     doc["runs"] = list(old.get("runs", [])) + [{"started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                 "argv": sys.argv[1:], "commit": doc["commit"], "dirty": doc["dirty"]}]
+                                                 "argv": sys.argv[1:], "commit": doc["commit"], "dirty": doc["dirty"],
+                                                 "kvprefetch_env": kvprefetch_env()}]
     doc["rows"] = list(old.get("rows", []))
     done = set() if args.no_resume else sr.done_points(doc["rows"])
     print(f"serving_bench on {name}; results {paths['json']}; logs {log_dir}")

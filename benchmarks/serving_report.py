@@ -33,6 +33,9 @@ def render_md(doc: Dict[str, Any]) -> str:
                "--random-range-ratio 1 --tokenize-prompt` (exact lengths; EOS ignored). Each point: median of the "
                "repeats; spread = (max - min) / median over repeats. ×fa3 and ×best other: output tok/s ratio to "
                "FA3 (SGLang's default on Hopper) and to the fastest other backend on the same point.\n")
+    knobs = sorted({f"{k}={v}" for run in doc.get("runs", []) for k, v in (run.get("kvprefetch_env") or {}).items()})
+    if knobs:
+        out.append(f"kvprefetch knobs set for these runs: `{' '.join(knobs)}`\n")
     if doc.get("server_args"):
         out.append(f"Server flags: `{' '.join(doc['server_args'])}`\n")
     groups: Dict[Tuple, List[Dict[str, Any]]] = {}

@@ -85,6 +85,13 @@ def test_serving_md():
     assert "0.87x" in kv_line                  # 1.0 / 1.15 (triton is 15% faster in the fake)
 
 
+def test_serving_md_names_the_kvprefetch_knobs_of_its_runs():
+    doc = serving_doc()
+    assert "kvprefetch knobs" not in serving_report.render_md(doc)
+    doc["runs"] = [{"kvprefetch_env": {"KVPREFETCH_PREFILL_BACKEND": "fa3"}}, {"kvprefetch_env": {}}]
+    assert "kvprefetch knobs set for these runs: `KVPREFETCH_PREFILL_BACKEND=fa3`" in serving_report.render_md(doc)
+
+
 def test_serving_png(tmp_path):
     pytest.importorskip("matplotlib")
     p = tmp_path / "s.png"
