@@ -76,12 +76,12 @@ def wrapper_key(case: Dict[str, Any]) -> tuple:
 
 
 def active_splits(length: int, num_splits: int, min_chunk: int) -> int:
-    """Splits that do work for one request: the kernel's own chunking (decode.split_chunk)."""
-    from kvprefetch.jit_kernels.decode import split_chunk  # torch; only when a case is described
-
+    """Splits that do work for one request: the kernel's own chunking (chunk rounded up to 16, at least min_chunk)."""
     if length <= 0:
         return 0
-    return -(-length // split_chunk(length, num_splits, min_chunk))
+    chunk = -(-length // num_splits)
+    chunk = max((chunk + 15) & ~15, min_chunk)
+    return -(-length // chunk)
 
 
 def case_traits(case: Dict[str, Any], num_splits: int, min_chunk: int = 128) -> Set[str]:

@@ -19,9 +19,6 @@ HEAD_DIMS = (64, 128, 256)
 MAX_GROUP = 16  # q heads per kv head: the 16 rows of one m16n8k16 tile
 MAX_SPLITS = 256  # the kernel's merge keeps MAX_SPLITS x 16 weights in shared memory
 MIN_CHUNK_TOKENS = 128  # two 64-token tiles: all four warps busy, and few partials to merge
-# Blocks per SM the split planner fills. Modules that fit three or more (fp8, head_dim 64) ran the 25-us class of
-# shapes 8-14 % slower with splits planned for all of them than with splits for two (NOTES.md, experiment 9).
-PLANNED_BLOCKS_PER_SM = 2
 DEFAULT_PREFETCH_DISTANCE = 0  # tiles of 64 tokens; on the H100 every distance > 0 measured slower (NOTES.md, run 2)
 _LOG2E = 1.4426950408889634
 
@@ -55,18 +52,6 @@ def split_count(batch_size: int, num_kv_heads: int, target_blocks: int) -> int:
     (a partial second wave would cost a whole extra split's time). Short requests use fewer splits on the
     device (MIN_CHUNK_TOKENS)."""
     return max(1, min(MAX_SPLITS, target_blocks // (max(batch_size, 1) * num_kv_heads)))
-
-
-def split_chunk(length: int, num_splits: int, min_chunk: int = MIN_CHUNK_TOKENS) -> int:
-    """Tokens per split of a request of ``length`` tokens, as the kernel computes it on the device
-    (``split_chunk`` in csrc/paged_decode.cuh): a request whose splits would be under two minimum chunks uses half
-    the splits; a multiple of 16, at least ``min_chunk``."""
-    splits = num_splits
-    chunk = -(-length // splits)
-    if chunk < 2 * min_chunk and splits > 1:
-        splits = (splits + 1) // 2
-        chunk = -(-length // splits)
-    return max((chunk + 15) & ~15, min_chunk)
 
 class BatchDecodeWithPagedKVCache:
     """Decode attention over a paged KV cache in FlashInfer's layout.
@@ -161,7 +146,7 @@ class BatchDecodeWithPagedKVCache:
         if blocks_per_sm < 1:
             raise KernelUnavailableError(f"{self.config.tag}: no block fits on an SM (shared memory)")
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
-        self.target_blocks = sms * min(blocks_per_sm, PLANNED_BLOCKS_PER_SM)
+        self.target_blocks = sms * blocks_per_sm
         rows = max(b * self.num_kv_heads * self.num_splits_for(b) for b in range(1, self.max_batch_size + 1))
         rows *= self.group
         self._part_o = torch.empty(rows * self.head_dim, dtype=torch.float32, device=self.device)

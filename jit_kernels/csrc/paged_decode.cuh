@@ -96,21 +96,6 @@ __device__ __forceinline__ int q_fp8_slot(int r, int d) {
   return swz<D>(r, 2 * ks + h) + 4 * c;
 }
 
-// Tokens per split of a request of `len` tokens (a multiple of 16, at least p.min_chunk). The grid has
-// p.num_splits splits per (request, kv head), sized from the batch size for long requests; a request whose
-// splits would be shorter than two minimum chunks uses half as many (fewer blocks and partials: on an H100
-// 1 x 4K runs 16 splits of 256 tokens in 12.6 us and 32 of 128 in 14.4 us). The host mirrors this in
-// decode.py (split_chunk) for the tests and the fuzz.
-__device__ __forceinline__ int split_chunk(int len, const DecodeParams& p) {
-  int splits = p.num_splits;
-  int chunk = (len + splits - 1) / splits;
-  if (chunk < 2 * p.min_chunk && splits > 1) {
-    splits = (splits + 1) / 2;
-    chunk = (len + splits - 1) / splits;
-  }
-  return max((chunk + 15) & ~15, p.min_chunk);
-}
-
 // PDL prologue: the block may be running before the previous kernel in the stream has finished, so nothing it
 // reads can be trusted until griddep_wait(). It only warms L2 with what its first STAGES-1 tiles need: the
 // page-table lines and those tiles' K/V rows. A stale or garbage page id is clamped into the pool and a prefetch
@@ -122,7 +107,8 @@ __device__ __forceinline__ void pdl_warm_l2(const DecodeParams& p, int b, int sp
   const int page_beg = p.indptr[b];
   const int num_pages = p.indptr[b + 1] - page_beg;
   const int len = num_pages > 0 ? (num_pages - 1) * (1 << p.page_shift) + p.last_len[b] : 0;
-  const int chunk = split_chunk(len, p);  // the split's range, as the kernel computes it
+  int chunk = (len + p.num_splits - 1) / p.num_splits;  // the split's range, as the kernel computes it
+  chunk = max((chunk + 15) & ~15, p.min_chunk);
   const int tok_beg = split * chunk, tok_end = min(len, tok_beg + chunk);
   const int64_t head_off = (int64_t)head * p.kv_stride_head;
   for (int j = 0; j < stages - 1; ++j) {
@@ -146,9 +132,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   using C = DecodeCfg<TQ, TKV, D, STAGES, PF>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  // split is the slowest grid index, so the blocks of low splits (the ones a short request uses) are dispatched
-  // in the first round and the idle high splits of short requests last
-  const int split = blockIdx.z, head = blockIdx.y, b = blockIdx.x;
+  const int split = blockIdx.x, head = blockIdx.y, b = blockIdx.z;
   const int group = p.group;
   const int qo_head0 = head * group;
   if constexpr (KVP_PDL) {
@@ -185,7 +169,8 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     }
     return;
   }
-  const int chunk = split_chunk(len, p);
+  int chunk = (len + p.num_splits - 1) / p.num_splits;
+  chunk = max((chunk + 15) & ~15, p.min_chunk);
   const int n_act = (len + chunk - 1) / chunk;
   if (split >= n_act) return;
   const int tok_beg = split * chunk;

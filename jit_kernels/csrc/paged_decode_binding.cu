@@ -95,8 +95,8 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   p.v_scale = static_cast<float>(v_scale);
 
   enable_smem();
-  const dim3 grid(static_cast<unsigned>(batch), static_cast<unsigned>(num_kv_heads),
-                  static_cast<unsigned>(num_splits));
+  const dim3 grid(static_cast<unsigned>(num_splits), static_cast<unsigned>(num_kv_heads),
+                  static_cast<unsigned>(batch));
   auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(q.device().device_type, q.device().device_id));
 #if KVP_PDL
   // May start while the previous kernel in the stream is still running; the kernel waits (griddepcontrol.wait)
