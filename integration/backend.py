@@ -176,12 +176,18 @@ def _prefill_choice(config: KvPrefetchConfig) -> str:
     return "flashinfer"
 
 
-def _prefill_backend(model_runner: Any, name: str):
-    if name == "fa3":  # SGLang's own factory for --attention-backend fa3
+def _prefill_backend(model_runner: Any, name: str) -> Tuple[Any, str]:
+    """The prefill half and its name; FA3 through SGLang's own factory for --attention-backend fa3, and FlashInfer
+    (one warning) if that factory refuses the model, so the choice of prefill backend never takes the server down."""
+    if name == "fa3":
         from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
 
-        return ATTENTION_BACKENDS["fa3"](model_runner)
-    return _flashinfer_backend(model_runner)
+        try:
+            return ATTENTION_BACKENDS["fa3"](model_runner), "fa3"
+        except Exception as e:
+            _once(logging.WARNING, f"kvprefetch: SGLang's FA3 backend could not be built for the prefill half "
+                                   f"({type(e).__name__}: {e}); prefill runs on SGLang's FlashInfer backend")
+    return _flashinfer_backend(model_runner), "flashinfer"
 
 
 def _triton_backend(model_runner: Any):
@@ -344,7 +350,9 @@ def create_backend(model_runner: Any):
               + "\n  -> falling back to SGLang's Triton attention backend")
         return _triton_backend(model_runner)
 
-    prefill = _prefill_choice(config) if role == "full" else "flashinfer"
+    prefill_half, prefill = None, "flashinfer"
+    if role == "full":  # built first, so that the start-up line names the prefill half that actually serves
+        prefill_half, prefill = _prefill_backend(model_runner, _prefill_choice(config))
     try:
         decode = KvPrefetchDecodeBackend(model_runner, config, layers, role=role, prefill=prefill)
     except Exception as e:  # KernelUnavailableError (no GPU/sm_90/nvcc, failed build) or any JIT error
@@ -358,5 +366,4 @@ def create_backend(model_runner: Any):
         return decode
     from sglang.srt.layers.attention.hybrid_attn_backend import HybridAttnBackend
 
-    return HybridAttnBackend(model_runner, prefill_backend=_prefill_backend(model_runner, prefill),
-                             decode_backend=decode)
+    return HybridAttnBackend(model_runner, prefill_backend=prefill_half, decode_backend=decode)

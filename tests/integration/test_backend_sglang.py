@@ -156,6 +156,23 @@ def test_prefill_knob_picks_fa3_where_it_imports(patched, monkeypatch, caplog, f
     assert ("does not import" in caplog.text) is (knob == "fa3" and not fa3_imports)
 
 
+def test_fa3_prefill_that_fails_to_build_falls_back_to_flashinfer(patched, monkeypatch, caplog):
+    monkeypatch.setattr(backend_mod, "_fa3_missing_reason", lambda: None)
+    registry = types.ModuleType("sglang.srt.layers.attention.attention_registry")
+
+    def refuse(mr):
+        raise ValueError("head_dim 96 is not supported")
+
+    registry.ATTENTION_BACKENDS = {"fa3": refuse}
+    monkeypatch.setitem(sys.modules, "sglang.srt.layers.attention.attention_registry", registry)
+    mr = fake_runner(make_paged_pool([5, 40], 16, num_kv_heads=HK, head_dim=D), page_size=16)
+    with caplog.at_level(logging.INFO, logger="kvprefetch"):
+        be = backend_mod.create_backend(mr)
+    assert be.prefill_backend == ("FLASHINFER", mr)
+    assert "could not be built for the prefill half (ValueError: head_dim 96 is not supported)" in caplog.text
+    assert "prefill: FlashInfer" in caplog.text  # the start-up line names the half that serves
+
+
 def _decode_batch(pool, mode="DECODE"):
     bs = len(pool.seq_lens)
     return SimpleNamespace(forward_mode=FakeMode(mode), batch_size=bs, req_pool_indices=pool.req_pool_indices,
