@@ -55,11 +55,11 @@ def self_test(device, sm_count: int) -> None:
         x = torch.randint(-2**31, 2**31 - 1, (n,), dtype=torch.int32, device=device)
         rb = ReadBound([x], sm_count)
         rb(0)
-        if _xor_all(rb.out) != _xor_all(x):
+        if xor_all(rb.out) != xor_all(x):
             raise RuntimeError(f"read_bound kernel self-test failed for {n} words")
 
 
-def _xor_all(x: torch.Tensor) -> int:
+def xor_all(x: torch.Tensor) -> int:
     """XOR of all int32 words, on the GPU by pairwise folding."""
     v = x.reshape(-1)
     while v.numel() > 1:
