@@ -19,7 +19,6 @@ Writes <out>/xlayer-<gpu>.json (device, commit, versions, every row) and .md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import kernel_rows as kr  # noqa: E402
 import results_io as rio  # noqa: E402
 
 HIDDEN, HQ, HKV, D, INTER = 4096, 32, 8, 128, 14336  # Llama-3.1-8B
@@ -100,9 +100,9 @@ class Model:
         self.o = torch.randn(1, HQ, D, dtype=torch.bfloat16, device=device)  # the weights-only variant reads it
 
 
-def build_step(model: "Model", kv, wrapper, touchers: List[Any], spec: Dict[str, Any]):
-    """The step as a function of no arguments, capturable: spec from parse_variant, touchers[i] reads layer i's
-    KV pages (None where the variant does not touch)."""
+def build_step(model: "Model", kv, wrapper, toucher: Optional[Any], spec: Dict[str, Any]):
+    """The step as a function of no arguments, capturable: spec from parse_variant; toucher(k, v) reads a layer's
+    KV pages (every layer has the same page table), used where the variant touches."""
     import torch
     import torch.nn.functional as F
 
@@ -123,7 +123,7 @@ def build_step(model: "Model", kv, wrapper, touchers: List[Any], spec: Dict[str,
                 if side is not None and i + 1 < len(model.w):
                     side.wait_stream(main)
                     with torch.cuda.stream(side):
-                        touchers[i + 1](kv[i + 1][0], kv[i + 1][1])
+                        toucher(kv[i + 1][0], kv[i + 1][1])
             if spec["weights"]:
                 h = attn.view(1, HQ * D) @ wo
                 gu = h @ wgu
@@ -160,27 +160,22 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
         wrapper.plan(base.indptr, base.indices, base.last_len)
         for v in variants(args.programs):
             spec = parse_variant(v)
-            touch = [l2_touch.PageToucher(pages, page_bytes, spec["programs"], spec["policy"])] * args.layers \
-                if spec["touch"] else []
-            step = build_step(model, kv, wrapper, touch, spec)
+            toucher = l2_touch.PageToucher(pages, page_bytes, spec["programs"], spec["policy"]) if spec["touch"] else None
+            step = build_step(model, kv, wrapper, toucher, spec)
             step()
             torch.cuda.synchronize()
             g = gt.capture(step)
             us = gt.time_graph_replays(g, args.repeats)
             del g
-            doc["rows"].append({"context": ctx, "variant": v, "step_us": statistics.median(us), "us_p10": _pct(us, 10),
-                                "us_p90": _pct(us, 90), "samples": len(us), "kv_bytes_per_layer": kv_bytes_per_layer(ctx),
+            t = kr.summarize(us)
+            doc["rows"].append({"context": ctx, "variant": v, "step_us": t["us"], "us_p10": t["us_p10"],
+                                "us_p90": t["us_p90"], "samples": t["samples"], "kv_bytes_per_layer": kv_bytes_per_layer(ctx),
                                 "weight_bytes_per_layer": weight_bytes_per_layer()})
-            print(f"ctx {ctx:>6} {v:<24} {statistics.median(us):9.1f} us per step", flush=True)
+            print(f"ctx {ctx:>6} {v:<24} {t['us']:9.1f} us per step", flush=True)
         del kv, base, wrapper
         torch.cuda.empty_cache()
         print(f"ctx {ctx}: {time.time() - t0:.0f} s", flush=True)
     return doc
-
-
-def _pct(xs: List[float], p: int) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
 
 
 def render_md(doc: Dict[str, Any]) -> str:

@@ -46,12 +46,12 @@ def _check_positive_int(name: str, v) -> int:
     return v
 
 
-
 def split_count(batch_size: int, num_kv_heads: int, target_blocks: int) -> int:
     """KV splits per (request, kv head), from the batch size alone: as many blocks as fit in one wave
     (a partial second wave would cost a whole extra split's time). Short requests use fewer splits on the
     device (MIN_CHUNK_TOKENS)."""
     return max(1, min(MAX_SPLITS, target_blocks // (max(batch_size, 1) * num_kv_heads)))
+
 
 class BatchDecodeWithPagedKVCache:
     """Decode attention over a paged KV cache in FlashInfer's layout.
