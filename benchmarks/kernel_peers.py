@@ -200,10 +200,12 @@ class KvPrefetch(Kernel):
 
 
 def _fixed_splits(wrapper_cls: type, splits: int) -> type:
-    """The wrapper with its planner's split count replaced by ``splits``. The wrapper sizes its split workspace
-    through num_splits_for too, so the override stays in bounds."""
-    return type(f"{wrapper_cls.__name__}Splits{splits}", (wrapper_cls,),
-                {"num_splits_for": lambda self, batch_size: splits})
+    """The wrapper with its planner's split counts (long and short requests) replaced by ``splits``. The wrapper
+    sizes its split workspace through num_splits_for too, so the override stays in bounds."""
+    fixed = {"num_splits_for": lambda self, batch_size: splits}
+    if hasattr(wrapper_cls, "short_splits_for"):
+        fixed["short_splits_for"] = lambda self, batch_size: splits
+    return type(f"{wrapper_cls.__name__}Splits{splits}", (wrapper_cls,), fixed)
 
 
 class KvPrefetchD0(KvPrefetch):

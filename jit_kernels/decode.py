@@ -19,6 +19,9 @@ HEAD_DIMS = (64, 128, 256)
 MAX_GROUP = 16  # q heads per kv head: the 16 rows of one m16n8k16 tile
 MAX_SPLITS = 256  # the kernel's merge keeps MAX_SPLITS x 16 weights in shared memory
 MIN_CHUNK_TOKENS = 128  # two 64-token tiles: all four warps busy, and few partials to merge
+# Blocks per SM the split count of short requests is planned for (the kernel's split_chunk): modules that fit three
+# (fp8, head_dim 64) ran the 25-us class 8-15 % faster with the splits of two (NOTES.md, runs 7 and 8).
+SHORT_BLOCKS_PER_SM = 2
 DEFAULT_PREFETCH_DISTANCE = 0  # tiles of 64 tokens; on the H100 every distance > 0 measured slower (NOTES.md, run 2)
 _LOG2E = 1.4426950408889634
 
@@ -51,6 +54,18 @@ def split_count(batch_size: int, num_kv_heads: int, target_blocks: int) -> int:
     (a partial second wave would cost a whole extra split's time). Short requests use fewer splits on the
     device (MIN_CHUNK_TOKENS)."""
     return max(1, min(MAX_SPLITS, target_blocks // (max(batch_size, 1) * num_kv_heads)))
+
+
+SHORT_CHUNK_TOKENS = 512  # the kernel's kShortChunk
+
+
+def split_chunk(length: int, num_splits: int, short_splits: int, min_chunk: int = MIN_CHUNK_TOKENS) -> int:
+    """Tokens per split of a request of ``length`` tokens, as the kernel computes it (``split_chunk`` in
+    csrc/paged_decode.cuh): ``short_splits`` where ``num_splits`` would give splits under SHORT_CHUNK_TOKENS."""
+    chunk = -(-length // num_splits)
+    if chunk < SHORT_CHUNK_TOKENS:
+        chunk = -(-length // max(1, min(short_splits, num_splits)))
+    return max((chunk + 15) & ~15, min_chunk)
 
 
 class BatchDecodeWithPagedKVCache:
@@ -147,6 +162,7 @@ class BatchDecodeWithPagedKVCache:
             raise KernelUnavailableError(f"{self.config.tag}: no block fits on an SM (shared memory)")
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.target_blocks = sms * blocks_per_sm
+        self.short_target_blocks = sms * min(blocks_per_sm, SHORT_BLOCKS_PER_SM)
         rows = max(b * self.num_kv_heads * self.num_splits_for(b) for b in range(1, self.max_batch_size + 1))
         rows *= self.group
         self._part_o = torch.empty(rows * self.head_dim, dtype=torch.float32, device=self.device)
@@ -158,6 +174,10 @@ class BatchDecodeWithPagedKVCache:
 
     def num_splits_for(self, batch_size: int) -> int:
         return split_count(batch_size, self.num_kv_heads, self.target_blocks)
+
+    def short_splits_for(self, batch_size: int) -> int:
+        """The split count of requests whose splits would be short (the kernel clamps it to num_splits_for)."""
+        return split_count(batch_size, self.num_kv_heads, self.short_target_blocks)
 
     def describe_module(self) -> str:
         """'<module name> (<prebuilt | JIT cache | compiled | rebuilt>, <seconds>)' once loaded, for logs."""
@@ -190,7 +210,8 @@ class BatchDecodeWithPagedKVCache:
             kv_indptr, kv_indices, kv_last_page_len = (
                 t.to(self.device, non_blocking=True) for t in (kv_indptr, kv_indices, kv_last_page_len)
             )
-        self._plan = (kv_indptr, kv_indices, kv_last_page_len, batch_size, self.num_splits_for(max(batch_size, 1)))
+        self._plan = (kv_indptr, kv_indices, kv_last_page_len, batch_size, self.num_splits_for(max(batch_size, 1)),
+                      self.short_splits_for(max(batch_size, 1)))
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *, sm_scale: float | None = None,
             logits_soft_cap: float = 0.0, k_scale: float = 1.0, v_scale: float = 1.0,
@@ -198,7 +219,7 @@ class BatchDecodeWithPagedKVCache:
         """Attention of each q row over its request's KV; returns ``out`` (and ``lse``, natural log, if asked)."""
         if self._plan is None:
             raise ValueError("run: plan() must be called before run()")
-        kv_indptr, kv_indices, kv_last_page_len, batch, num_splits = self._plan
+        kv_indptr, kv_indices, kv_last_page_len, batch, num_splits, short_splits = self._plan
         hq, hkv, d = self.num_qo_heads, self.num_kv_heads, self.head_dim
         check_tensor("q", q, dtype=self.q_dtype, ndim=3, device=self.device)
         check_shape("q", q, (batch, hq, d))
@@ -244,6 +265,6 @@ class BatchDecodeWithPagedKVCache:
         self._module.run(
             q, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, out, lse,
             self._part_o, self._part_lse, self._counters,
-            num_splits, MIN_CHUNK_TOKENS, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
+            num_splits, short_splits, MIN_CHUNK_TOKENS, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
         )
         return (out, lse) if return_lse else out

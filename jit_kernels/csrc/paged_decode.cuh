@@ -39,6 +39,7 @@ struct DecodeParams {
   int32_t num_kv_heads, group, num_splits, page_shift;
   int32_t num_indices, num_pool_pages;  // bounds for page ids read from device memory (bad tables stay in bounds)
   int32_t min_chunk;  // tokens; a split shorter than the prologue's lookahead only adds merge work
+  int32_t short_splits;  // <= num_splits: the split count for a request whose splits would be short (split_chunk)
   float score_pre;   // no cap: sm_scale*k_scale*log2(e); cap: sm_scale*k_scale/cap
   float score_post;  // cap: cap*log2(e)
   int32_t has_cap;
@@ -96,6 +97,17 @@ __device__ __forceinline__ int q_fp8_slot(int r, int d) {
   return swz<D>(r, 2 * ks + h) + 4 * c;
 }
 
+// Tokens per split of a request of `len` tokens (a multiple of 16, at least p.min_chunk). The grid's
+// p.num_splits fill every block slot of the card, which long requests need for bandwidth; a request whose splits
+// would be under kShortChunk tokens uses p.short_splits (two blocks per SM) instead: fewer, longer splits ran the
+// 25-us class of shapes 8-15 % faster on an H100 with three-blocks-per-SM modules (NOTES.md, runs 7 and 8).
+constexpr int kShortChunk = 512;
+__device__ __forceinline__ int split_chunk(int len, const DecodeParams& p) {
+  int chunk = (len + p.num_splits - 1) / p.num_splits;
+  if (chunk < kShortChunk) chunk = (len + p.short_splits - 1) / p.short_splits;
+  return max((chunk + 15) & ~15, p.min_chunk);
+}
+
 // PDL prologue: the block may be running before the previous kernel in the stream has finished, so nothing it
 // reads can be trusted until griddep_wait(). It only warms L2 with what its first STAGES-1 tiles need: the
 // page-table lines and those tiles' K/V rows. A stale or garbage page id is clamped into the pool and a prefetch
@@ -107,8 +119,7 @@ __device__ __forceinline__ void pdl_warm_l2(const DecodeParams& p, int b, int sp
   const int page_beg = p.indptr[b];
   const int num_pages = p.indptr[b + 1] - page_beg;
   const int len = num_pages > 0 ? (num_pages - 1) * (1 << p.page_shift) + p.last_len[b] : 0;
-  int chunk = (len + p.num_splits - 1) / p.num_splits;  // the split's range, as the kernel computes it
-  chunk = max((chunk + 15) & ~15, p.min_chunk);
+  const int chunk = split_chunk(len, p);  // the split's range, as the kernel computes it
   const int tok_beg = split * chunk, tok_end = min(len, tok_beg + chunk);
   const int64_t head_off = (int64_t)head * p.kv_stride_head;
   for (int j = 0; j < stages - 1; ++j) {
@@ -132,7 +143,9 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   using C = DecodeCfg<TQ, TKV, D, STAGES, PF>;
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int split = blockIdx.x, head = blockIdx.y, b = blockIdx.z;
+  // split is the slowest grid index: the blocks of the splits a short request uses are dispatched before its idle
+  // ones; with one split the order (kv head fastest, then request) is the same as with the split fastest
+  const int split = blockIdx.z, head = blockIdx.x, b = blockIdx.y;
   const int group = p.group;
   const int qo_head0 = head * group;
   if constexpr (KVP_PDL) {
@@ -169,8 +182,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     }
     return;
   }
-  int chunk = (len + p.num_splits - 1) / p.num_splits;
-  chunk = max((chunk + 15) & ~15, p.min_chunk);
+  const int chunk = split_chunk(len, p);
   const int n_act = (len + chunk - 1) / chunk;
   if (split >= n_act) return;
   const int tok_beg = split * chunk;

@@ -1,6 +1,8 @@
 // tvm-ffi entry points of one specialised decode module. The specialisation comes from -D flags set by the
 // JIT spec (jit_kernels/jit_spec.py): KVP_Q_BF16, KVP_KV_FP8, KVP_HEAD_DIM, KVP_STAGES, KVP_PREFETCH,
 // KVP_PREFETCH_BULK, KVP_PDL (optional).
+#include <algorithm>
+
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/error.h>
 #include <tvm/ffi/extra/c_env_api.h>
@@ -57,7 +59,7 @@ int64_t blocks_per_sm() {
 // q [B, Hq, D]; k/v [P, page, Hkv, D] (or [slots, Hkv, D] with page 1); o [B, Hq, D]; lse [B, Hq] f32.
 void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView indices, TensorView last_len,
          TensorView o, Optional<TensorView> lse, TensorView part_o, TensorView part_lse, TensorView counters,
-         int64_t num_splits, int64_t min_chunk, int64_t page_shift, double score_pre, double score_post, int64_t has_cap,
+         int64_t num_splits, int64_t short_splits, int64_t min_chunk, int64_t page_shift, double score_pre, double score_post, int64_t has_cap,
          double v_scale) {
   const int64_t batch = q.size(0);
   if (batch == 0) return;
@@ -88,6 +90,7 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   p.group = static_cast<int32_t>(q.size(1) / num_kv_heads);
   p.num_splits = static_cast<int32_t>(num_splits);
   p.min_chunk = static_cast<int32_t>(min_chunk);
+  p.short_splits = static_cast<int32_t>(std::min(std::max<int64_t>(short_splits, 1), num_splits));
   p.page_shift = static_cast<int32_t>(page_shift);
   p.score_pre = static_cast<float>(score_pre);
   p.score_post = static_cast<float>(score_post);
@@ -95,8 +98,8 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   p.v_scale = static_cast<float>(v_scale);
 
   enable_smem();
-  const dim3 grid(static_cast<unsigned>(num_splits), static_cast<unsigned>(num_kv_heads),
-                  static_cast<unsigned>(batch));
+  const dim3 grid(static_cast<unsigned>(num_kv_heads), static_cast<unsigned>(batch),
+                  static_cast<unsigned>(num_splits));
   auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(q.device().device_type, q.device().device_id));
 #if KVP_PDL
   // May start while the previous kernel in the stream is still running; the kernel waits (griddepcontrol.wait)

@@ -68,6 +68,13 @@ def test_active_splits_follow_the_kernels_chunking(length, splits, active):
     assert fc.active_splits(length, splits, 128) == active
 
 
+# short requests (splits under 512 tokens) use the short count: 1 x 16K at 49 splits runs 33 of 512 tokens
+@pytest.mark.parametrize("length,splits,short,active", [(16384, 49, 33, 32), (65536, 49, 33, 49), (4096, 12, 8, 8),
+                                                         (2048, 6, 4, 4), (1024, 3, 2, 2), (4096, 33, 33, 32)])
+def test_active_splits_with_a_short_split_count(length, splits, short, active):
+    assert fc.active_splits(length, splits, 128, short) == active
+
+
 def test_cases_for_groups_by_wrapper_and_keeps_seeds():
     pairs = fc.cases_for(range(300))
     assert sorted(s for s, _ in pairs) == list(range(300))
@@ -132,6 +139,9 @@ class FakeKernel:
 
     def num_splits_for(self, batch):
         return 4
+
+    def short_splits_for(self, batch):
+        return 2
 
     def plan(self, indptr, indices, last):
         self.table = (indptr, indices, last)
