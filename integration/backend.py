@@ -12,8 +12,8 @@ Design
   decode=KvPrefetchDecodeBackend)`` -- exactly what SGLang builds itself for
   ``--prefill-attention-backend fa3 --decode-attention-backend kvprefetch`` -- so the
   prefill backend's code (its metadata, its workspace, its CUDA-graph support) runs
-  unchanged. FA3 (built by SGLang's own factory, SGLang's Hopper default) where it imports,
-  FlashInfer otherwise; ``KVPREFETCH_PREFILL_BACKEND=flashinfer|fa3`` pins one. With
+  unchanged. FA3 (built by SGLang's own factory, SGLang's Hopper default) where it imports and
+  the KV cache is 16-bit, FlashInfer otherwise; ``KVPREFETCH_PREFILL_BACKEND=flashinfer|fa3`` pins one. With
   ``--decode-attention-backend kvprefetch --prefill-attention-backend fa3|flashinfer|...``
   SGLang does the composing and we return the decode backend alone (see roles.py).
 * Decode metadata: we do NOT use FlashInfer's decode indices updater. Its
@@ -162,10 +162,14 @@ def _fa3_missing_reason() -> Optional[str]:
     return None
 
 
-def _prefill_choice(config: KvPrefetchConfig) -> str:
+def _prefill_choice(config: KvPrefetchConfig, kv_dtype: Optional[torch.dtype] = None) -> str:
     """The prefill half under --attention-backend kvprefetch: FA3 where it imports (``auto``, the default, and
-    ``fa3``; only ``fa3`` warns where it does not), FlashInfer otherwise or when asked for."""
+    ``fa3``; only ``fa3`` warns where it does not), FlashInfer otherwise or when asked for. ``auto`` keeps
+    FlashInfer for an 8-bit KV cache: SGLang's FA3 prefill casts q to the cache's fp8 type there, and its
+    logprobs left the stock backends' spread in the Engine test (FlashInfer prefills with q in 16 bits)."""
     if config.prefill_backend == "flashinfer":
+        return "flashinfer"
+    if config.prefill_backend == "auto" and kv_dtype is not None and kv_dtype.itemsize == 1:
         return "flashinfer"
     why = _fa3_missing_reason()
     if why is None:
@@ -352,7 +356,8 @@ def create_backend(model_runner: Any):
 
     prefill_half, prefill = None, "flashinfer"
     if role == "full":  # built first, so that the start-up line names the prefill half that actually serves
-        prefill_half, prefill = _prefill_backend(model_runner, _prefill_choice(config))
+        prefill_half, prefill = _prefill_backend(
+            model_runner, _prefill_choice(config, getattr(model_runner, "kv_cache_dtype", None)))
     try:
         decode = KvPrefetchDecodeBackend(model_runner, config, layers, role=role, prefill=prefill)
     except Exception as e:  # KernelUnavailableError (no GPU/sm_90/nvcc, failed build) or any JIT error

@@ -21,7 +21,9 @@ variable                        default    meaning
                                            under ``--attention-backend kvprefetch``:
                                            ``auto`` (FA3 where it imports -- SGLang's
                                            Hopper default, 11-22 % faster 16K prefill --
-                                           else FlashInfer), ``flashinfer``, or ``fa3``
+                                           and the KV cache is 16-bit, else FlashInfer:
+                                           FA3 prefills an fp8 cache with q cast to
+                                           fp8), ``flashinfer``, or ``fa3``
                                            (FlashInfer with a warning where FA3 does not
                                            import).
 ==============================  =========  ================================================

@@ -156,6 +156,24 @@ def test_prefill_knob_picks_fa3_where_it_imports(patched, monkeypatch, caplog, f
     assert ("does not import" in caplog.text) is (knob == "fa3" and not fa3_imports)
 
 
+@pytest.mark.parametrize("knob", ["auto", "fa3"])
+def test_auto_prefill_keeps_flashinfer_for_an_fp8_cache(patched, monkeypatch, caplog, knob):
+    # FA3 prefills an fp8 cache with q cast to fp8 (its logprobs left the stock spread on the GPU): auto avoids it,
+    # an explicit fa3 is honoured
+    monkeypatch.setenv("KVPREFETCH_PREFILL_BACKEND", knob)
+    monkeypatch.setattr(backend_mod, "_fa3_missing_reason", lambda: None)
+    registry = types.ModuleType("sglang.srt.layers.attention.attention_registry")
+    registry.ATTENTION_BACKENDS = {"fa3": lambda mr: ("FA3", mr)}
+    monkeypatch.setitem(sys.modules, "sglang.srt.layers.attention.attention_registry", registry)
+    pool = make_paged_pool([5, 40], 1, num_kv_heads=HK, head_dim=D)
+    mr = fake_runner(pool, page_size=1, server=dict(kv_cache_dtype="fp8_e4m3"), kv_cache_dtype=torch.float8_e4m3fn)
+    with caplog.at_level(logging.INFO, logger="kvprefetch"):
+        be = backend_mod.create_backend(mr)
+    assert be.prefill_backend == (("FA3", mr) if knob == "fa3" else ("FLASHINFER", mr))
+    assert FakeDecodeWrapper.instances[0].kv_dtype == torch.float8_e4m3fn
+    assert ("prefill: FA3" if knob == "fa3" else "prefill: FlashInfer") in caplog.text
+
+
 def test_fa3_prefill_that_fails_to_build_falls_back_to_flashinfer(patched, monkeypatch, caplog):
     monkeypatch.setattr(backend_mod, "_fa3_missing_reason", lambda: None)
     registry = types.ModuleType("sglang.srt.layers.attention.attention_registry")
