@@ -2,7 +2,7 @@
 # The GPU test suites in slices that fit a device call, each under a timeout sized to its SGLang Engines
 # (~65 s each), logs kept in OUTDIR (one archive at the end: a call's $OUT returns only a limited number of files).
 #   usage: bash benchmarks/gpu_host/gpu_tests.sh OUTDIR SLICE ...      (after `source benchmarks/gpu_host/setup.sh`)
-#   SLICE (its time limit): kernel (60 s) decoder (60 s) fuzz (190 s) engine-page1 (320 s) engine-page16-fp8 (450 s)
+#   SLICE (its time limit): kernel (60 s) decoder (60 s) fuzz (190 s) engine-page1 (320 s) engine-page16-fp8 (450 s) engine-fp8 (255 s)
 #   hybrid (450 s) fa3 (450 s: hybrid FA3 prefill, FA3-prefill knob, logprobs vs fa3) fallback-server (385 s) tp2 (320 s, two GPUs). A device call is at most 600 s: pick slices whose
 #   limits fit, or run two jobs at once on a 2-GPU host with GPU=0 / GPU=1 (CUDA_VISIBLE_DEVICES) and separate
 #   OUTDIRs. DRY_RUN=1 prints the commands.
@@ -45,6 +45,7 @@ for s in "${slices[@]}"; do
     fuzz) run_slice fuzz 2 "$py" benchmarks/fuzz_decode.py --cases 2000 --deadline-s 150 --out "$out/fuzz.json" ;;
     engine-page1) run_pytest engine-page1 4 tests/integration/test_gpu_engine.py -k "meaningful or page1-graphs or page1-eager" ;;
     engine-page16-fp8) run_pytest engine-page16-fp8 6 tests/integration/test_gpu_engine.py -k "page16 or fp8" ;;
+    engine-fp8) run_pytest engine-fp8 3 tests/integration/test_gpu_engine.py -k "fp8" ;;
     hybrid) run_pytest hybrid 6 tests/integration/test_gpu_engine.py -k "hybrid or llama8b" ;;
     fa3) run_pytest fa3 6 tests/integration/test_gpu_engine.py -k "fa3" ;;
     fallback-server) run_pytest fallback-server 5 tests/integration/test_gpu_jit_fallback.py tests/integration/test_gpu_server.py ;;
