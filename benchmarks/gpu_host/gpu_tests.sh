@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU test suites in slices that fit a device call, each under a timeout sized to its SGLang Engines
-# (~65 s each), logs kept in OUTDIR (one archive at the end: a call's $OUT returns only a limited number of files).
+# (~65 s each; ENGINE_S overrides), logs kept in OUTDIR (one archive at the end: a call's $OUT returns only a limited number of files).
 #   usage: bash benchmarks/gpu_host/gpu_tests.sh OUTDIR SLICE ...      (after `source benchmarks/gpu_host/setup.sh`)
 #   SLICE (its time limit): kernel (60 s) decoder (60 s) fuzz (190 s) engine-page1 (320 s) engine-page16-fp8 (450 s) engine-fp8 (255 s)
 #   hybrid (450 s) fa3 (450 s: hybrid FA3 prefill, FA3-prefill knob, logprobs vs fa3) fallback-server (385 s) tp2 (320 s, two GPUs). A device call is at most 600 s: pick slices whose
@@ -15,7 +15,7 @@ mkdir -p "$out/logs" /tmp/kvp-gpu-tests   # pytest makes --basetemp but not its 
 failed=0
 [ -n "${GPU:-}" ] && export CUDA_VISIBLE_DEVICES=$GPU
 py=${PYTHON:-python3}
-engine_s=65
+engine_s=${ENGINE_S:-65}  # an Engine's start + run alone on the host; with four Engine slices in parallel 75-110 s
 
 run_slice() {  # name, engines, command...
   local name=$1 engines=$2

@@ -18,6 +18,12 @@ def test_dry_run_sizes_limits_by_engines(tmp_path):
     assert "test_gpu_tp.py" in lines[2]
 
 
+def test_engine_seconds_can_be_raised_for_parallel_slices(tmp_path):
+    r = run(str(tmp_path), "engine-fp8", env={"DRY_RUN": "1", "ENGINE_S": "90", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("engine-fp8 (timeout 330 s)") and '-k fp8' in r.stdout
+
+
 def test_unknown_or_missing_slice_is_refused(tmp_path):
     assert run(str(tmp_path), "bogus", env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"}).returncode == 2
     r = run(str(tmp_path), env={"PATH": "/usr/bin:/bin"})
