@@ -3,7 +3,7 @@
 # (~65 s each; ENGINE_S overrides), logs kept in OUTDIR (one archive at the end: a call's $OUT returns only a limited number of files).
 #   usage: bash benchmarks/gpu_host/gpu_tests.sh OUTDIR SLICE ...      (after `source benchmarks/gpu_host/setup.sh`)
 #   SLICE (its time limit): kernel (60 s) decoder (60 s) fuzz (190 s) engine-page1 (320 s) engine-page16-fp8 (450 s) engine-fp8 (255 s)
-#   hybrid (450 s) fa3 (450 s: hybrid FA3 prefill, FA3-prefill knob, logprobs vs fa3) fallback-server (385 s) tp2 (320 s, two GPUs). A device call is at most 600 s: pick slices whose
+#   llama8b (125 s) fa3-knob (255 s) hybrid (450 s) fa3 (450 s: hybrid FA3 prefill, FA3-prefill knob, logprobs vs fa3) fallback-server (385 s) tp2 (320 s, two GPUs). A device call is at most 600 s: pick slices whose
 #   limits fit, or run two jobs at once on a 2-GPU host with GPU=0 / GPU=1 (CUDA_VISIBLE_DEVICES) and separate
 #   OUTDIRs. DRY_RUN=1 prints the commands.
 set -u
@@ -46,6 +46,8 @@ for s in "${slices[@]}"; do
     engine-page1) run_pytest engine-page1 4 tests/integration/test_gpu_engine.py -k "meaningful or page1-graphs or page1-eager" ;;
     engine-page16-fp8) run_pytest engine-page16-fp8 6 tests/integration/test_gpu_engine.py -k "page16 or fp8" ;;
     engine-fp8) run_pytest engine-fp8 3 tests/integration/test_gpu_engine.py -k "fp8" ;;
+    llama8b) run_pytest llama8b 1 tests/integration/test_gpu_engine.py -k "llama8b" ;;
+    fa3-knob) run_pytest fa3-knob 3 tests/integration/test_gpu_engine.py -k "knob" ;;
     hybrid) run_pytest hybrid 6 tests/integration/test_gpu_engine.py -k "hybrid or llama8b" ;;
     fa3) run_pytest fa3 6 tests/integration/test_gpu_engine.py -k "fa3" ;;
     fallback-server) run_pytest fallback-server 5 tests/integration/test_gpu_jit_fallback.py tests/integration/test_gpu_server.py ;;
