@@ -158,7 +158,6 @@ def render_md(doc: Dict[str, Any]) -> str:
         out.append("")
     steps = [r for r in doc["rows"] if r["part"] == "step"]
     if steps:
-        tpot = {tuple(k.split("|")[:2]) + (int(k.split("|")[2]),): v for k, v in doc.get("serving_tpot", {}).items()}
         out += ["`bench_one_batch` (no overlap scheduler) median decode step, batch 1, beside serving TPOT at "
                 "concurrency 1 from serving-*.json (its own commit):", ""]
         rows = []
@@ -166,7 +165,7 @@ def render_md(doc: Dict[str, Any]) -> str:
             if "median_step_ms" not in r:
                 rows.append([r["model"], r["backend"], "—", r.get("skipped") or r.get("failed"), "—", "—"])
                 continue
-            t = tpot.get((r["model"], r["backend"], r["input_len"]))
+            t = r.get("serving_tpot_ms")
             rows.append([r["model"], r["backend"], rio.fmt_tokens(r["input_len"]), rio.fmt_num(r["median_step_ms"], 3),
                          rio.fmt_num(t, 3) if t else "—", rio.fmt_num(r["median_step_ms"] - t, 3) if t else "—"])
         out.append(rio.md_table(["model", "backend", "input", "one_batch step ms", "serving TPOT ms",
@@ -196,7 +195,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     doc: Dict[str, Any] = {"device": name, "gpu": gpu, **rio.stamp(), "rows": time_metadata(args)}
     torch.cuda.empty_cache()
     doc["rows"] += time_steps(args, started, args.out)
-    doc["serving_tpot"] = {f"{m}|{b}|{n}": v for (m, b, n), v in serving_tpot(args.out, gpu).items()}
+    tpot = serving_tpot(args.out, gpu)
+    for r in doc["rows"]:
+        if "median_step_ms" in r:
+            r["serving_tpot_ms"] = tpot.get((r["model"], r["backend"], r["input_len"]))
     rio.write_json(args.out / f"hostcost-{gpu}.json", doc)
     rio.write_text(args.out / f"hostcost-{gpu}.md", render_md(doc))
     print(render_md(doc))

@@ -35,11 +35,11 @@ def test_serving_tpot_takes_concurrency_1_page_1_rows(tmp_path):
 
 
 def test_report_sets_steps_beside_serving_tpot():
-    doc = {"device": "H100", "commit": "abc", "serving_tpot": {"llama-3.1-8b|fa3|8192": 6.8},
+    doc = {"device": "H100", "commit": "abc",
            "rows": [{"part": "metadata", "batch": 1, "context": 16384, "page_size": 16, "host_us": 21.0,
                      "to_gpu_done_us": 30.0, "calls": 300},
                     {"part": "step", "model": "llama-3.1-8b", "backend": "fa3", "input_len": 8192, "batch": 1,
-                     "median_step_ms": 7.3},
+                     "median_step_ms": 7.3, "serving_tpot_ms": 6.8},
                     {"part": "step", "model": "llama-3.1-8b", "backend": "triton", "skipped": "deadline reached"}]}
     md = hc.render_md(doc)
     assert "| 1 | 21.0 | 30.0 |" in md
