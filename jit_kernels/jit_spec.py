@@ -33,6 +33,7 @@ class DecodeConfig:
     prefetch_bulk: bool = False  # cp.async.bulk.prefetch.L2 per row (copy engine) instead of prefetch.global.L2 per line
     pdl: bool = False  # programmatic dependent launch: warm L2 while the previous kernel finishes (experiment)
     fp8_q: bool = False  # fp8 KV only: q quantised to e4m3, Q K^T on e4m3 tensor cores (experiment)
+    f16_math: bool = False  # fp8 KV, bf16 q: both mma in fp16 (e4m3 -> fp16 is one cvt per pair; experiment 16)
 
     def defines(self) -> list[str]:
         return [
@@ -42,13 +43,14 @@ class DecodeConfig:
             f"-DKVP_STAGES={self.stages}",
             f"-DKVP_PREFETCH={self.prefetch}",
             f"-DKVP_PREFETCH_BULK={int(self.prefetch_bulk)}",
-        ] + (["-DKVP_PDL=1"] if self.pdl else []) + (["-DKVP_FP8_Q=1"] if self.fp8_q else [])  # only when on
+        ] + (["-DKVP_PDL=1"] if self.pdl else []) + (["-DKVP_FP8_Q=1"] if self.fp8_q else []) \
+            + (["-DKVP_FP8_F16=1"] if self.f16_math else [])  # only when on
 
     @property
     def tag(self) -> str:
         kv = "e4m3" if self.kv_fp8 else self.q_dtype
         mode = "b" if self.prefetch_bulk and self.prefetch else ""
-        extra = ("_pdl" if self.pdl else "") + ("_q8" if self.fp8_q else "")
+        extra = ("_pdl" if self.pdl else "") + ("_q8" if self.fp8_q else "") + ("_h16" if self.f16_math else "")
         return f"{self.q_dtype}_{kv}_d{self.head_dim}_s{self.stages}_pf{self.prefetch}{mode}{extra}"
 
 
@@ -57,11 +59,13 @@ STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128,
 
 
 def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False,
-                stages: int | None = None, pdl: bool = False, fp8_q: bool = False) -> DecodeConfig:
+                stages: int | None = None, pdl: bool = False, fp8_q: bool = False,
+                f16_math: bool = False) -> DecodeConfig:
     """``stages`` overrides the table, ``pdl`` turns on programmatic dependent launch, ``fp8_q`` quantises q to
-    e4m3 for Q K^T with fp8 KV (experiments: the benchmark's ``--stages`` / ``--pdl`` / ``--fp8-q``)."""
+    e4m3 for Q K^T with fp8 KV, ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (experiments: the benchmark's
+    ``--stages`` / ``--pdl`` / ``--fp8-q`` / ``--f16-math``)."""
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
-                        prefetch_bulk and prefetch > 0, pdl, fp8_q)
+                        prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math)
 
 
 def _source_digest() -> str:

@@ -15,6 +15,9 @@
 #ifndef KVP_PDL
 #define KVP_PDL 0  // launched with programmatic stream serialization (the JIT spec's pdl flag)
 #endif
+#ifndef KVP_FP8_F16
+#define KVP_FP8_F16 0  // fp8 KV with bf16 q: the mma operands in fp16 (the JIT spec's f16_math flag, experiment 16)
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -154,7 +157,11 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   }
 
   constexpr bool kQ8 = C::kFp8 && KVP_FP8_Q;
-  if constexpr (!kQ8) {  // q does not depend on the page table: request it before the first dependent load
+  // e4m3 -> fp16 is one cvt per pair, e4m3 -> bf16 three more (via fp32): with bf16 q, f16 math converts q once per
+  // block instead and runs both mma in fp16 (exact for e4m3 K/V; P in [0, 1] gains 3 mantissa bits)
+  constexpr bool kH16 = C::kFp8 && KVP_FP8_F16 && !kQ8 && std::is_same_v<TQ, __nv_bfloat16>;
+  using TM = std::conditional_t<kH16, __half, TQ>;  // the mma operand type
+  if constexpr (!kQ8 && !kH16) {  // q does not depend on the page table: request it before the first dependent load
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
     if constexpr (C::kFp8) {
       for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
@@ -278,6 +285,20 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     }
   }
 
+  if constexpr (kH16) {  // q to fp16 once (saturating at +-65504), in the fp8 K layout; KV loads are in flight
+    const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
+    for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
+      const int r = i / (D / 2), d = 2 * (i % (D / 2));
+      float2 f = make_float2(0.f, 0.f);
+      if (r < group) {
+        const TQ* src = qb + (qo_head0 + r) * p.q_stride_h + d;
+        f = make_float2(fminf(fmaxf(to_float(src[0]), -65504.f), 65504.f),
+                        fminf(fmaxf(to_float(src[1]), -65504.f), 65504.f));
+      }
+      *reinterpret_cast<uint32_t*>(smem + C::kOffQ + q_fp8_slot<D>(r, d)) = pack2<__half>(f.x, f.y);
+    }
+  }
+
   // ---- main loop
   float m[2] = {-CUDART_INF_F, -CUDART_INF_F}, l[2] = {0.f, 0.f};
   float o[D / 8][4];
@@ -328,8 +349,8 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt) {
             const uint32_t w = raw[2 * h + nt];
-            const uint32_t bk[2] = {e4m3x2_to<TQ>(w & 0xffff), e4m3x2_to<TQ>(w >> 16)};
-            mma_16816<TQ>(s[nt], a, bk);
+            const uint32_t bk[2] = {e4m3x2_to<TM>(w & 0xffff), e4m3x2_to<TM>(w >> 16)};
+            mma_16816<TM>(s[nt], a, bk);
           }
         }
       }
@@ -383,8 +404,8 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
       o[i][2] *= alpha[1];
       o[i][3] *= alpha[1];
     }
-    const uint32_t pa[4] = {pack2<TQ>(s[0][0], s[0][1]), pack2<TQ>(s[0][2], s[0][3]), pack2<TQ>(s[1][0], s[1][1]),
-                            pack2<TQ>(s[1][2], s[1][3])};
+    const uint32_t pa[4] = {pack2<TM>(s[0][0], s[0][1]), pack2<TM>(s[0][2], s[0][3]), pack2<TM>(s[1][0], s[1][1]),
+                            pack2<TM>(s[1][2], s[1][3])};
     if constexpr (C::kFp8) {
       // A transposed 16-bit ldmatrix of raw e4m3 rows gives a lane dims (2n, 2n+1) of tokens (2c, 2c+1);
       // a byte permute splits that into the even-dim and the odd-dim operand: o[2q] accumulates the even dims
@@ -396,10 +417,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const uint32_t lo = __byte_perm(raw[2 * h], 0, 0x3120), hi = __byte_perm(raw[2 * h + 1], 0, 0x3120);
-          const uint32_t even[2] = {e4m3x2_to<TQ>(lo & 0xffff), e4m3x2_to<TQ>(hi & 0xffff)};
-          const uint32_t odd[2] = {e4m3x2_to<TQ>(lo >> 16), e4m3x2_to<TQ>(hi >> 16)};
-          mma_16816<TQ>(o[2 * (2 * qp + h)], pa, even);
-          mma_16816<TQ>(o[2 * (2 * qp + h) + 1], pa, odd);
+          const uint32_t even[2] = {e4m3x2_to<TM>(lo & 0xffff), e4m3x2_to<TM>(hi & 0xffff)};
+          const uint32_t odd[2] = {e4m3x2_to<TM>(lo >> 16), e4m3x2_to<TM>(hi >> 16)};
+          mma_16816<TM>(o[2 * (2 * qp + h)], pa, even);
+          mma_16816<TM>(o[2 * (2 * qp + h) + 1], pa, odd);
         }
       }
     } else {

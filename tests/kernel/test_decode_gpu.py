@@ -203,6 +203,32 @@ def test_pdl_variant_sees_the_previous_kernels_writes(graphed):
 
 
 @pytest.mark.parametrize("d,page", [(64, 16), (128, 1), (128, 16), (256, 16)])
+def test_f16_math_variant_against_reference(d, page):
+    """f16_math=True (fp8 KV, bf16 q) runs both mma in fp16: against the float64 reference it is at least as close as
+    the default fp8 path (same inputs, same bound), large q entries included; NaN never passes."""
+    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache, paged_decode_reference
+
+    gen = torch.Generator("cuda").manual_seed(100 + d + page)
+    inp = make_paged_inputs([1, 77, 1000, 5000], hq=32, hkv=8, d=d, page_size=page, dtype=torch.bfloat16,
+                            kv_fp8=True, device="cuda", generator=gen)
+    inp.q[0, 0, :4] = torch.tensor([300.0, -300.0, 1e-3, -1e-3], dtype=torch.bfloat16)  # beyond bf16's usual q range
+    kw = dict(sm_scale=1.0 / math.sqrt(d), k_scale=0.5, v_scale=1.5)
+    ref, _ = paged_decode_reference(inp.q, inp.k, inp.v, inp.indptr, inp.indices, inp.last_len, **kw)
+    outs = []
+    for f16 in (False, True):
+        w = BatchDecodeWithPagedKVCache(32, 8, d, page, torch.bfloat16, torch.float8_e4m3fn, "cuda",
+                                        f16_math=f16).load()
+        w.plan(inp.indptr, inp.indices, inp.last_len)
+        outs.append(w.run(inp.q, inp.k, inp.v, out=torch.full_like(inp.q, float("nan")), **kw))
+    torch.cuda.synchronize()
+    default, f16 = outs
+    assert not f16.isnan().any()
+    for b in range(f16.shape[0]):
+        assert rel_err(f16[b], ref[b]) < 1e-2, (b, rel_err(f16[b], ref[b]))
+        assert rel_err(f16[b], ref[b]) <= 1.5 * rel_err(default[b], ref[b]) + 1e-4, b
+
+
+@pytest.mark.parametrize("d,page", [(64, 16), (128, 1), (128, 16), (256, 16)])
 def test_fp8_q_variant_against_reference_of_rounded_q(d, page):
     """fp8_q=True rounds q to e4m3 and runs Q K^T on e4m3 tensor cores: against the float64 reference computed from
     the same rounded q it is as close as the default fp8 path is to its own reference; NaN never passes."""
