@@ -285,15 +285,15 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     }
   }
 
-  if constexpr (kH16) {  // q to fp16 once (saturating at +-65504), in the fp8 K layout; KV loads are in flight
+  if constexpr (kH16) {  // q to fp16 once (saturating at +-65504, NaN kept), in the fp8 K layout; KV loads in flight
+    auto sat_f16 = [](float x) { return x != x ? x : fminf(fmaxf(x, -65504.f), 65504.f); };
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
     for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
       const int r = i / (D / 2), d = 2 * (i % (D / 2));
       float2 f = make_float2(0.f, 0.f);
       if (r < group) {
         const TQ* src = qb + (qo_head0 + r) * p.q_stride_h + d;
-        f = make_float2(fminf(fmaxf(to_float(src[0]), -65504.f), 65504.f),
-                        fminf(fmaxf(to_float(src[1]), -65504.f), 65504.f));
+        f = make_float2(sat_f16(to_float(src[0])), sat_f16(to_float(src[1])));
       }
       *reinterpret_cast<uint32_t*>(smem + C::kOffQ + q_fp8_slot<D>(r, d)) = pack2<__half>(f.x, f.y);
     }
