@@ -170,6 +170,7 @@ class KvPrefetch(Kernel):
     pdl = False
     fp8_q = False
     f16_math = False
+    lazy_rescale = False
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
 
@@ -178,7 +179,7 @@ class KvPrefetch(Kernel):
 
         s = prob.shape
         key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance,
-               self.stages, self.pdl, self.fp8_q, self.f16_math, self.splits)
+               self.stages, self.pdl, self.fp8_q, self.f16_math, self.lazy_rescale, self.splits)
         w = cache.wrappers.get(key)
         if w is None:
             cls = BatchDecodeWithPagedKVCache
@@ -186,7 +187,7 @@ class KvPrefetch(Kernel):
                 cls = _fixed_splits(cls, self.splits)
             w = cls(s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, Q_TORCH, prob.kv_dtype, prob.device,
                     max_batch_size=256, prefetch_distance=self.distance, stages=self.stages, pdl=self.pdl,
-                    fp8_q=self.fp8_q, f16_math=self.f16_math)
+                    fp8_q=self.fp8_q, f16_math=self.f16_math, lazy_rescale=self.lazy_rescale)
             w.load()
             cache.wrappers[key] = w
         self.w, self.prob = w, prob
@@ -215,13 +216,13 @@ class KvPrefetchD0(KvPrefetch):
 
 
 def variant(stages: Optional[int] = None, pdl: bool = False, fp8_q: bool = False,
-            splits: Optional[int] = None, f16_math: bool = False) -> type:
+            splits: Optional[int] = None, f16_math: bool = False, lazy_rescale: bool = False) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch (``kvprefetch_pdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``), fp16 mma with fp8 KV
-    (``kvprefetch_h16``), a fixed split count (``kvprefetch_x<n>``)."""
-    name = variant_name(stages, pdl, fp8_q, splits, f16_math)
+    (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), a fixed split count (``kvprefetch_x<n>``)."""
+    name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale)
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
-                                      "f16_math": f16_math})
+                                      "f16_math": f16_math, "lazy_rescale": lazy_rescale})
 
 
 class FlashInferDecode(Kernel):

@@ -34,6 +34,7 @@ class DecodeConfig:
     pdl: bool = False  # programmatic dependent launch: warm L2 while the previous kernel finishes (experiment)
     fp8_q: bool = False  # fp8 KV only: q quantised to e4m3, Q K^T on e4m3 tensor cores (experiment)
     f16_math: bool = False  # fp8 KV, bf16 q: both mma in fp16 (e4m3 -> fp16 is one cvt per pair; experiment 16)
+    lazy_rescale: bool = False  # rescale the output accumulators only when a row max grows by > 2^8 (experiment 17)
 
     def defines(self) -> list[str]:
         return [
@@ -44,13 +45,15 @@ class DecodeConfig:
             f"-DKVP_PREFETCH={self.prefetch}",
             f"-DKVP_PREFETCH_BULK={int(self.prefetch_bulk)}",
         ] + (["-DKVP_PDL=1"] if self.pdl else []) + (["-DKVP_FP8_Q=1"] if self.fp8_q else []) \
-            + (["-DKVP_FP8_F16=1"] if self.f16_math else [])  # only when on
+            + (["-DKVP_FP8_F16=1"] if self.f16_math else []) \
+            + (["-DKVP_LAZY_RESCALE=1"] if self.lazy_rescale else [])  # only when on
 
     @property
     def tag(self) -> str:
         kv = "e4m3" if self.kv_fp8 else self.q_dtype
         mode = "b" if self.prefetch_bulk and self.prefetch else ""
-        extra = ("_pdl" if self.pdl else "") + ("_q8" if self.fp8_q else "") + ("_h16" if self.f16_math else "")
+        extra = ("_pdl" if self.pdl else "") + ("_q8" if self.fp8_q else "") + ("_h16" if self.f16_math else "") \
+            + ("_lr" if self.lazy_rescale else "")
         return f"{self.q_dtype}_{kv}_d{self.head_dim}_s{self.stages}_pf{self.prefetch}{mode}{extra}"
 
 
@@ -60,12 +63,13 @@ STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128,
 
 def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False,
                 stages: int | None = None, pdl: bool = False, fp8_q: bool = False,
-                f16_math: bool = False) -> DecodeConfig:
+                f16_math: bool = False, lazy_rescale: bool = False) -> DecodeConfig:
     """``stages`` overrides the table, ``pdl`` turns on programmatic dependent launch, ``fp8_q`` quantises q to
-    e4m3 for Q K^T with fp8 KV, ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (experiments: the benchmark's
-    ``--stages`` / ``--pdl`` / ``--fp8-q`` / ``--f16-math``)."""
+    e4m3 for Q K^T with fp8 KV, ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q, ``lazy_rescale`` skips the
+    output rescale while no row max grows by more than 2^8 (experiments: the benchmark's ``--stages`` / ``--pdl`` /
+    ``--fp8-q`` / ``--f16-math`` / ``--lazy-rescale``)."""
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
-                        prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math)
+                        prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale)
 
 
 def _source_digest() -> str:

@@ -18,6 +18,9 @@
 #ifndef KVP_FP8_F16
 #define KVP_FP8_F16 0  // fp8 KV with bf16 q: the mma operands in fp16 (the JIT spec's f16_math flag, experiment 16)
 #endif
+#ifndef KVP_LAZY_RESCALE
+#define KVP_LAZY_RESCALE 0  // rescale o only when a row's max grows by > kRescaleSlack (experiment 17)
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -105,6 +108,7 @@ __device__ __forceinline__ int q_fp8_slot(int r, int d) {
 // would be under kShortChunk tokens uses p.short_splits (two blocks per SM) instead: fewer, longer splits ran the
 // 25-us class of shapes 8-15 % faster on an H100 with three-blocks-per-SM modules (NOTES.md, runs 7 and 8).
 constexpr int kShortChunk = 512;
+constexpr float kRescaleSlack = 8.f;  // log2 units (scores carry log2(e)): lazily rescaled P entries stay <= 256
 __device__ __forceinline__ int split_chunk(int len, const DecodeParams& p) {
   int chunk = (len + p.num_splits - 1) / p.num_splits;
   if (chunk < kShortChunk) chunk = (len + p.short_splits - 1) / p.short_splits;
@@ -379,11 +383,18 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
       }
     }
     float alpha[2], muse[2];
+    bool grow = false;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
-      const float mnew = fmaxf(m[r], mx[r]);
+      float mnew = fmaxf(m[r], mx[r]);
+      if constexpr (KVP_LAZY_RESCALE) {
+        // keep the reference max while the tile's max exceeds it by at most the slack (P stays <= 2^slack): the
+        // rescale below then runs only in the few tiles where some row's max jumps (the first one, mostly)
+        if (!(mnew > m[r] + kRescaleSlack)) mnew = m[r];
+        grow |= mnew != m[r];
+      }
       muse[r] = mnew == -CUDART_INF_F ? 0.f : mnew;
       alpha[r] = exp2f(m[r] - muse[r]);
       m[r] = mnew;
@@ -397,12 +408,14 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
         l[e >> 1] += s[nt][e];
       }
     }
+    if (!KVP_LAZY_RESCALE || __any_sync(0xffffffff, grow)) {  // warp-uniform; alpha is 1 in rows that kept theirs
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-      o[i][0] *= alpha[0];
-      o[i][1] *= alpha[0];
-      o[i][2] *= alpha[1];
-      o[i][3] *= alpha[1];
+      for (int i = 0; i < D / 8; ++i) {
+        o[i][0] *= alpha[0];
+        o[i][1] *= alpha[0];
+        o[i][2] *= alpha[1];
+        o[i][3] *= alpha[1];
+      }
     }
     const uint32_t pa[4] = {pack2<TM>(s[0][0], s[0][1]), pack2<TM>(s[0][2], s[0][3]), pack2<TM>(s[1][0], s[1][1]),
                             pack2<TM>(s[1][2], s[1][3])};

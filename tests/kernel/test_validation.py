@@ -33,6 +33,7 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(kv_dtype=torch.float8_e4m3fn, f16_math=True, fp8_q=True), "f16_math"),
     (dict(q_dtype=torch.float16, kv_dtype=torch.float8_e4m3fn, f16_math=True), "f16_math"),  # already fp16 math
     (dict(kv_dtype=torch.float8_e4m3fn, f16_math=1), "f16_math"),
+    (dict(lazy_rescale=1), "lazy_rescale"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -110,3 +111,9 @@ def test_f16_math_is_its_own_module():
     w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", f16_math=True)
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu")
     assert w.config.tag.endswith("_h16") and w.config.defines() == tuned.config.defines() + ["-DKVP_FP8_F16=1"]
+
+
+def test_lazy_rescale_is_its_own_module():
+    w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", lazy_rescale=True)
+    tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
+    assert w.config.tag.endswith("_lr") and w.config.defines() == tuned.config.defines() + ["-DKVP_LAZY_RESCALE=1"]
