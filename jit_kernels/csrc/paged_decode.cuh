@@ -275,7 +275,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     load_tile(j);
     cp_async_commit();
   }
-  if constexpr (kQ8) {  // q to e4m3 once (round to nearest, saturating), in K's row layout; KV loads are in flight
+  if constexpr (kQ8 || kH16) {  // q converted once per block while the first KV loads are in flight:
+    // kQ8 to e4m3 (round to nearest, saturating) in K's row layout; kH16 to fp16 (saturating at +-65504, NaN kept)
+    // in the fp8 K operand layout
+    auto sat_f16 = [](float x) { return x != x ? x : fminf(fmaxf(x, -65504.f), 65504.f); };
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
     for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
       const int r = i / (D / 2), d = 2 * (i % (D / 2));
@@ -284,22 +287,12 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
         const TQ* src = qb + (qo_head0 + r) * p.q_stride_h + d;
         f = make_float2(to_float(src[0]), to_float(src[1]));
       }
-      *reinterpret_cast<__nv_fp8x2_storage_t*>(smem + C::kOffQ + swz_rows<D>(r, d >> 4) + (d & 15)) =
-          __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
-    }
-  }
-
-  if constexpr (kH16) {  // q to fp16 once (saturating at +-65504, NaN kept), in the fp8 K layout; KV loads in flight
-    auto sat_f16 = [](float x) { return x != x ? x : fminf(fmaxf(x, -65504.f), 65504.f); };
-    const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
-    for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
-      const int r = i / (D / 2), d = 2 * (i % (D / 2));
-      float2 f = make_float2(0.f, 0.f);
-      if (r < group) {
-        const TQ* src = qb + (qo_head0 + r) * p.q_stride_h + d;
-        f = make_float2(sat_f16(to_float(src[0])), sat_f16(to_float(src[1])));
+      if constexpr (kQ8) {
+        *reinterpret_cast<__nv_fp8x2_storage_t*>(smem + C::kOffQ + swz_rows<D>(r, d >> 4) + (d & 15)) =
+            __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+      } else {
+        *reinterpret_cast<uint32_t*>(smem + C::kOffQ + q_fp8_slot<D>(r, d)) = pack2<__half>(sat_f16(f.x), sat_f16(f.y));
       }
-      *reinterpret_cast<uint32_t*>(smem + C::kOffQ + q_fp8_slot<D>(r, d)) = pack2<__half>(f.x, f.y);
     }
   }
 
