@@ -23,6 +23,11 @@ ARCH_FLAGS = {
 }
 
 
+# the experiments' on/off flags: (field, define when on, module-tag suffix when on), in tag order
+_EXPERIMENT_FLAGS = (("pdl", "-DKVP_PDL=1", "_pdl"), ("fp8_q", "-DKVP_FP8_Q=1", "_q8"),
+                     ("f16_math", "-DKVP_FP8_F16=1", "_h16"), ("lazy_rescale", "-DKVP_LAZY_RESCALE=1", "_lr"))
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
     q_dtype: str  # "bf16" | "f16"
@@ -44,16 +49,13 @@ class DecodeConfig:
             f"-DKVP_STAGES={self.stages}",
             f"-DKVP_PREFETCH={self.prefetch}",
             f"-DKVP_PREFETCH_BULK={int(self.prefetch_bulk)}",
-        ] + (["-DKVP_PDL=1"] if self.pdl else []) + (["-DKVP_FP8_Q=1"] if self.fp8_q else []) \
-            + (["-DKVP_FP8_F16=1"] if self.f16_math else []) \
-            + (["-DKVP_LAZY_RESCALE=1"] if self.lazy_rescale else [])  # only when on
+        ] + [define for field, define, _ in _EXPERIMENT_FLAGS if getattr(self, field)]  # only when on
 
     @property
     def tag(self) -> str:
         kv = "e4m3" if self.kv_fp8 else self.q_dtype
         mode = "b" if self.prefetch_bulk and self.prefetch else ""
-        extra = ("_pdl" if self.pdl else "") + ("_q8" if self.fp8_q else "") + ("_h16" if self.f16_math else "") \
-            + ("_lr" if self.lazy_rescale else "")
+        extra = "".join(suffix for field, _, suffix in _EXPERIMENT_FLAGS if getattr(self, field))
         return f"{self.q_dtype}_{kv}_d{self.head_dim}_s{self.stages}_pf{self.prefetch}{mode}{extra}"
 
 
