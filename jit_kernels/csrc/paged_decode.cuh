@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   // block instead and runs both mma in fp16 (exact for e4m3 K/V; P in [0, 1] gains 3 mantissa bits)
   constexpr bool kH16 = C::kFp8 && KVP_FP8_F16 && !kQ8 && std::is_same_v<TQ, __nv_bfloat16>;
   using TM = std::conditional_t<kH16, __half, TQ>;  // the mma operand type
-  if constexpr (!kQ8) {  // q does not depend on the page table: request it before the first dependent load
+  if constexpr (!kQ8 && !kH16) {  // q does not depend on the page table: request it before the first dependent load
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
     if constexpr (C::kFp8) {
       for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
@@ -275,7 +275,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     load_tile(j);
     cp_async_commit();
   }
-  if constexpr (kQ8) {  // q to e4m3 once (round to nearest, saturating), in K's row layout; KV loads are in flight
+  if constexpr (kQ8 || kH16) {  // q converted once per block while the first KV loads are in flight:
+    // kQ8 to e4m3 (round to nearest, saturating) in K's row layout; kH16 to fp16 (saturating at +-65504, NaN kept)
+    // in the fp8 K operand layout
+    auto sat_f16 = [](float x) { return x != x ? x : fminf(fmaxf(x, -65504.f), 65504.f); };
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
     for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
       const int r = i / (D / 2), d = 2 * (i % (D / 2));
@@ -284,19 +287,12 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
         const TQ* src = qb + (qo_head0 + r) * p.q_stride_h + d;
         f = make_float2(to_float(src[0]), to_float(src[1]));
       }
-      *reinterpret_cast<__nv_fp8x2_storage_t*>(smem + C::kOffQ + swz_rows<D>(r, d >> 4) + (d & 15)) =
-          __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
-    }
-  }
-  if constexpr (kH16) {  // q to fp16 in place (saturating at +-65504, NaN kept) once its copy with tile 0 has landed;
-    // each thread converts the slots it copied, which its own wait makes visible (synchronous loads here instead
-    // cost the 1 x 4K class 2-3 % on the H200: run 11)
-    cp_async_wait<STAGES - 2>();
-    auto sat_f16 = [](float x) { return x != x ? x : fminf(fmaxf(x, -65504.f), 65504.f); };
-    for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
-      uint32_t* slot = reinterpret_cast<uint32_t*>(smem + C::kOffQ + q_fp8_slot<D>(i / (D / 2), 2 * (i % (D / 2))));
-      const uint32_t w = *slot;  // bf16 pair: the low half is the even dim
-      *slot = pack2<__half>(sat_f16(__uint_as_float(w << 16)), sat_f16(__uint_as_float(w & 0xffff0000u)));
+      if constexpr (kQ8) {
+        *reinterpret_cast<__nv_fp8x2_storage_t*>(smem + C::kOffQ + swz_rows<D>(r, d >> 4) + (d & 15)) =
+            __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+      } else {
+        *reinterpret_cast<uint32_t*>(smem + C::kOffQ + q_fp8_slot<D>(r, d)) = pack2<__half>(sat_f16(f.x), sat_f16(f.y));
+      }
     }
   }
 
