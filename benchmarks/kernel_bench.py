@@ -69,6 +69,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     help="also run kvprefetch with programmatic dependent launch (kernel kvprefetch_pdl; experiment)")
     ap.add_argument("--fp8-q", action="store_true",
                     help="with --fp8: also run kvprefetch with q in e4m3 (kernel kvprefetch_q8; experiment)")
+    ap.add_argument("--f16-math", action="store_true",
+                    help="with --fp8: also run kvprefetch with fp16 mma (kernel kvprefetch_h16; experiment 16)")
+    ap.add_argument("--lazy-rescale", action="store_true",
+                    help="also run kvprefetch with lazy output rescaling (kernel kvprefetch_lr, and kvprefetch_h16_lr "
+                         "with --f16-math; experiment 17)")
     ap.add_argument("--splits", type=int, nargs="+", default=[], metavar="N",
                     help="also run kvprefetch with N KV splits per (request, kv head) instead of the planner's "
                          "(kernel kvprefetch_xN; experiment)")
@@ -87,10 +92,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """The kvprefetch variants asked for with --stages / --pdl / --fp8-q / --splits, as kernel_peers.variant()
-    arguments."""
+    """The kvprefetch variants asked for with --stages / --pdl / --fp8-q / --f16-math / --lazy-rescale / --splits, as
+    kernel_peers.variant() arguments."""
     return ([dict(stages=n) for n in args.stages] + ([dict(pdl=True)] if args.pdl else [])
-            + ([dict(fp8_q=True)] if args.fp8_q else []) + [dict(splits=n) for n in args.splits])
+            + ([dict(fp8_q=True)] if args.fp8_q else []) + ([dict(f16_math=True)] if args.f16_math else [])
+            + ([dict(lazy_rescale=True)] if args.lazy_rescale else [])
+            + ([dict(f16_math=True, lazy_rescale=True)] if args.f16_math and args.lazy_rescale else [])
+            + [dict(splits=n) for n in args.splits])
 
 
 def selected(args: argparse.Namespace):

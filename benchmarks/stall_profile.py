@@ -49,7 +49,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--shapes", default="1x1024,8x2048,32x16384", help="batch x ctx list, e.g. 1x1K,8x2K")
     ap.add_argument("--kernels", nargs="+", default=list(DEFAULT_KERNELS),
                     help="peers (" + " ".join(kg.PEER_KERNELS) + "), kvprefetch, kvprefetch_d0 and experiment "
-                         "variants kvprefetch[_s<N>][_pdl][_q8][_x<splits>]")
+                         "variants kvprefetch[_s<N>][_pdl][_q8][_h16][_lr][_x<splits>]")
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--fp8", action="store_true", help="KV cache float8_e4m3fn instead of bf16")
     ap.add_argument("--hd64", action="store_true", help="32 q / 8 kv heads, d 64 instead of 32/8/128")
@@ -68,7 +68,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     bad = [k for k in args.kernels if k not in kg.PEER_KERNELS and kg.parse_variant(k) is None]
     if bad:
         ap.error(f"--kernels: unknown {bad}; expected peers {list(kg.PEER_KERNELS)}, kvprefetch_d0 or "
-                 "kvprefetch[_s<N>][_pdl][_q8][_x<N>]")
+                 "kvprefetch[_s<N>][_pdl][_q8][_h16][_lr][_x<N>]")
     if args.page_size < 1 or args.page_size & (args.page_size - 1):
         ap.error(f"--page-size: expected a power of two, got {args.page_size}")
     return args

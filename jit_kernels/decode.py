@@ -79,7 +79,11 @@ class BatchDecodeWithPagedKVCache:
     ``pdl=True`` launches with programmatic dependent launch, so the kernel warms L2 with its first tiles while the
     previous kernel in the stream finishes (it waits for that kernel before reading anything it may write);
     ``fp8_q=True`` (fp8 KV only) rounds q to e4m3 and runs Q K^T on e4m3 tensor cores, as SGLang's fa3 backend
-    does with fp8 KV (relative error ~3e-2 instead of ~3e-3).
+    does with fp8 KV (relative error ~3e-2 instead of ~3e-3); ``f16_math=True`` (fp8 KV with bf16 q) converts q to
+    fp16 once per block (saturating at +-65504) and runs both mma in fp16, so each e4m3 pair needs one conversion
+    instead of four; ``lazy_rescale=True`` rescales the output accumulators only in tiles where a row's running max
+    grows by more than 2^8 (P entries stay <= 256; the result is the same up to rounding); the default (None) turns
+    it on for 16-bit KV at head_dim 64 only, where it measured faster on both cards (NOTES.md, run 11).
     """
 
     def __init__(
@@ -96,6 +100,8 @@ class BatchDecodeWithPagedKVCache:
         stages: int | None = None,
         pdl: bool = False,
         fp8_q: bool = False,
+        f16_math: bool = False,
+        lazy_rescale: bool | None = None,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -132,6 +138,12 @@ class BatchDecodeWithPagedKVCache:
         if not isinstance(fp8_q, bool) or (fp8_q and kv_dtype != _FP8):
             raise ValueError(f"fp8_q: expected a bool, True only with kv_dtype torch.float8_e4m3fn; got {fp8_q!r} "
                              f"with kv_dtype {kv_dtype}")
+        if not isinstance(f16_math, bool) or (f16_math and (kv_dtype != _FP8 or q_dtype != torch.bfloat16 or fp8_q)):
+            raise ValueError(f"f16_math: expected a bool, True only with kv_dtype torch.float8_e4m3fn, q_dtype "
+                             f"torch.bfloat16 and fp8_q=False; got {f16_math!r} with kv_dtype {kv_dtype}, q_dtype "
+                             f"{q_dtype}, fp8_q={fp8_q}")
+        if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
+            raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
 
         self.num_qo_heads, self.num_kv_heads, self.group = num_qo_heads, num_kv_heads, group
         self.head_dim, self.page_size = head_dim, page_size
@@ -143,7 +155,7 @@ class BatchDecodeWithPagedKVCache:
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
-                                  pdl, fp8_q)
+                                  pdl, fp8_q, f16_math, lazy_rescale)
         self._module = None
         self._plan = None
 

@@ -23,6 +23,11 @@ ARCH_FLAGS = {
 }
 
 
+# the experiments' on/off flags: (field, define when on, module-tag suffix when on), in tag order
+_EXPERIMENT_FLAGS = (("pdl", "-DKVP_PDL=1", "_pdl"), ("fp8_q", "-DKVP_FP8_Q=1", "_q8"),
+                     ("f16_math", "-DKVP_FP8_F16=1", "_h16"), ("lazy_rescale", "-DKVP_LAZY_RESCALE=1", "_lr"))
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
     q_dtype: str  # "bf16" | "f16"
@@ -33,6 +38,8 @@ class DecodeConfig:
     prefetch_bulk: bool = False  # cp.async.bulk.prefetch.L2 per row (copy engine) instead of prefetch.global.L2 per line
     pdl: bool = False  # programmatic dependent launch: warm L2 while the previous kernel finishes (experiment)
     fp8_q: bool = False  # fp8 KV only: q quantised to e4m3, Q K^T on e4m3 tensor cores (experiment)
+    f16_math: bool = False  # fp8 KV, bf16 q: both mma in fp16 (e4m3 -> fp16 is one cvt per pair; experiment 16)
+    lazy_rescale: bool = False  # rescale the output accumulators only when a row max grows by > 2^8 (experiment 17)
 
     def defines(self) -> list[str]:
         return [
@@ -42,13 +49,13 @@ class DecodeConfig:
             f"-DKVP_STAGES={self.stages}",
             f"-DKVP_PREFETCH={self.prefetch}",
             f"-DKVP_PREFETCH_BULK={int(self.prefetch_bulk)}",
-        ] + (["-DKVP_PDL=1"] if self.pdl else []) + (["-DKVP_FP8_Q=1"] if self.fp8_q else [])  # only when on
+        ] + [define for field, define, _ in _EXPERIMENT_FLAGS if getattr(self, field)]  # only when on
 
     @property
     def tag(self) -> str:
         kv = "e4m3" if self.kv_fp8 else self.q_dtype
         mode = "b" if self.prefetch_bulk and self.prefetch else ""
-        extra = ("_pdl" if self.pdl else "") + ("_q8" if self.fp8_q else "")
+        extra = "".join(suffix for field, _, suffix in _EXPERIMENT_FLAGS if getattr(self, field))
         return f"{self.q_dtype}_{kv}_d{self.head_dim}_s{self.stages}_pf{self.prefetch}{mode}{extra}"
 
 
@@ -57,11 +64,22 @@ STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128,
 
 
 def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False,
-                stages: int | None = None, pdl: bool = False, fp8_q: bool = False) -> DecodeConfig:
+                stages: int | None = None, pdl: bool = False, fp8_q: bool = False,
+                f16_math: bool = False, lazy_rescale: bool | None = None) -> DecodeConfig:
     """``stages`` overrides the table, ``pdl`` turns on programmatic dependent launch, ``fp8_q`` quantises q to
-    e4m3 for Q K^T with fp8 KV (experiments: the benchmark's ``--stages`` / ``--pdl`` / ``--fp8-q``)."""
+    e4m3 for Q K^T with fp8 KV, ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q, ``lazy_rescale`` skips the
+    output rescale while no row max grows by more than 2^8 (None: ``lazy_rescale_default``) (experiments: the benchmark's ``--stages`` / ``--pdl`` /
+    ``--fp8-q`` / ``--f16-math`` / ``--lazy-rescale``)."""
+    if lazy_rescale is None:
+        lazy_rescale = lazy_rescale_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
-                        prefetch_bulk and prefetch > 0, pdl, fp8_q)
+                        prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale)
+
+
+def lazy_rescale_default(kv_fp8: bool, head_dim: int) -> bool:
+    """On where run 11 measured it no slower on any shape on both cards: 16-bit KV at head_dim 64 (−0.6 … −1.1 %
+    geomean). With fp8 KV it cost up to +2.4 % (head_dim 64, H100) and +4 % (head_dim 128, H200) at large batch."""
+    return head_dim == 64 and not kv_fp8
 
 
 def _source_digest() -> str:

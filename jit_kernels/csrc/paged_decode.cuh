@@ -15,6 +15,12 @@
 #ifndef KVP_PDL
 #define KVP_PDL 0  // launched with programmatic stream serialization (the JIT spec's pdl flag)
 #endif
+#ifndef KVP_FP8_F16
+#define KVP_FP8_F16 0  // fp8 KV with bf16 q: the mma operands in fp16 (the JIT spec's f16_math flag, experiment 16)
+#endif
+#ifndef KVP_LAZY_RESCALE
+#define KVP_LAZY_RESCALE 0  // rescale o only when a row's max grows by > kRescaleSlack (experiment 17)
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -102,6 +108,7 @@ __device__ __forceinline__ int q_fp8_slot(int r, int d) {
 // would be under kShortChunk tokens uses p.short_splits (two blocks per SM) instead: fewer, longer splits ran the
 // 25-us class of shapes 8-15 % faster on an H100 with three-blocks-per-SM modules (NOTES.md, runs 7 and 8).
 constexpr int kShortChunk = 512;
+constexpr float kRescaleSlack = 8.f;  // log2 units (scores carry log2(e)): lazily rescaled P entries stay <= 256
 __device__ __forceinline__ int split_chunk(int len, const DecodeParams& p) {
   int chunk = (len + p.num_splits - 1) / p.num_splits;
   if (chunk < kShortChunk) chunk = (len + p.short_splits - 1) / p.short_splits;
@@ -154,7 +161,11 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   }
 
   constexpr bool kQ8 = C::kFp8 && KVP_FP8_Q;
-  if constexpr (!kQ8) {  // q does not depend on the page table: request it before the first dependent load
+  // e4m3 -> fp16 is one cvt per pair, e4m3 -> bf16 three more (via fp32): with bf16 q, f16 math converts q once per
+  // block instead and runs both mma in fp16 (exact for e4m3 K/V; P in [0, 1] gains 3 mantissa bits)
+  constexpr bool kH16 = C::kFp8 && KVP_FP8_F16 && !kQ8 && std::is_same_v<TQ, __nv_bfloat16>;
+  using TM = std::conditional_t<kH16, __half, TQ>;  // the mma operand type
+  if constexpr (!kQ8 && !kH16) {  // q does not depend on the page table: request it before the first dependent load
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
     if constexpr (C::kFp8) {
       for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
@@ -264,7 +275,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     load_tile(j);
     cp_async_commit();
   }
-  if constexpr (kQ8) {  // q to e4m3 once (round to nearest, saturating), in K's row layout; KV loads are in flight
+  if constexpr (kQ8 || kH16) {  // q converted once per block while the first KV loads are in flight:
+    // kQ8 to e4m3 (round to nearest, saturating) in K's row layout; kH16 to fp16 (saturating at +-65504, NaN kept)
+    // in the fp8 K operand layout
+    auto sat_f16 = [](float x) { return x != x ? x : fminf(fmaxf(x, -65504.f), 65504.f); };
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
     for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
       const int r = i / (D / 2), d = 2 * (i % (D / 2));
@@ -273,8 +287,12 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
         const TQ* src = qb + (qo_head0 + r) * p.q_stride_h + d;
         f = make_float2(to_float(src[0]), to_float(src[1]));
       }
-      *reinterpret_cast<__nv_fp8x2_storage_t*>(smem + C::kOffQ + swz_rows<D>(r, d >> 4) + (d & 15)) =
-          __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+      if constexpr (kQ8) {
+        *reinterpret_cast<__nv_fp8x2_storage_t*>(smem + C::kOffQ + swz_rows<D>(r, d >> 4) + (d & 15)) =
+            __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+      } else {
+        *reinterpret_cast<uint32_t*>(smem + C::kOffQ + q_fp8_slot<D>(r, d)) = pack2<__half>(sat_f16(f.x), sat_f16(f.y));
+      }
     }
   }
 
@@ -328,8 +346,8 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt) {
             const uint32_t w = raw[2 * h + nt];
-            const uint32_t bk[2] = {e4m3x2_to<TQ>(w & 0xffff), e4m3x2_to<TQ>(w >> 16)};
-            mma_16816<TQ>(s[nt], a, bk);
+            const uint32_t bk[2] = {e4m3x2_to<TM>(w & 0xffff), e4m3x2_to<TM>(w >> 16)};
+            mma_16816<TM>(s[nt], a, bk);
           }
         }
       }
@@ -358,11 +376,18 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
       }
     }
     float alpha[2], muse[2];
+    bool grow = false;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
       mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
-      const float mnew = fmaxf(m[r], mx[r]);
+      float mnew = fmaxf(m[r], mx[r]);
+      if constexpr (KVP_LAZY_RESCALE) {
+        // keep the reference max while the tile's max exceeds it by at most the slack (P stays <= 2^slack): the
+        // rescale below then runs only in the few tiles where some row's max jumps (the first one, mostly)
+        if (!(mnew > m[r] + kRescaleSlack)) mnew = m[r];
+        grow |= mnew != m[r];
+      }
       muse[r] = mnew == -CUDART_INF_F ? 0.f : mnew;
       alpha[r] = exp2f(m[r] - muse[r]);
       m[r] = mnew;
@@ -376,15 +401,17 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
         l[e >> 1] += s[nt][e];
       }
     }
+    if (!KVP_LAZY_RESCALE || __any_sync(0xffffffff, grow)) {  // warp-uniform; alpha is 1 in rows that kept theirs
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-      o[i][0] *= alpha[0];
-      o[i][1] *= alpha[0];
-      o[i][2] *= alpha[1];
-      o[i][3] *= alpha[1];
+      for (int i = 0; i < D / 8; ++i) {
+        o[i][0] *= alpha[0];
+        o[i][1] *= alpha[0];
+        o[i][2] *= alpha[1];
+        o[i][3] *= alpha[1];
+      }
     }
-    const uint32_t pa[4] = {pack2<TQ>(s[0][0], s[0][1]), pack2<TQ>(s[0][2], s[0][3]), pack2<TQ>(s[1][0], s[1][1]),
-                            pack2<TQ>(s[1][2], s[1][3])};
+    const uint32_t pa[4] = {pack2<TM>(s[0][0], s[0][1]), pack2<TM>(s[0][2], s[0][3]), pack2<TM>(s[1][0], s[1][1]),
+                            pack2<TM>(s[1][2], s[1][3])};
     if constexpr (C::kFp8) {
       // A transposed 16-bit ldmatrix of raw e4m3 rows gives a lane dims (2n, 2n+1) of tokens (2c, 2c+1);
       // a byte permute splits that into the even-dim and the odd-dim operand: o[2q] accumulates the even dims
@@ -396,10 +423,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const uint32_t lo = __byte_perm(raw[2 * h], 0, 0x3120), hi = __byte_perm(raw[2 * h + 1], 0, 0x3120);
-          const uint32_t even[2] = {e4m3x2_to<TQ>(lo & 0xffff), e4m3x2_to<TQ>(hi & 0xffff)};
-          const uint32_t odd[2] = {e4m3x2_to<TQ>(lo >> 16), e4m3x2_to<TQ>(hi >> 16)};
-          mma_16816<TQ>(o[2 * (2 * qp + h)], pa, even);
-          mma_16816<TQ>(o[2 * (2 * qp + h) + 1], pa, odd);
+          const uint32_t even[2] = {e4m3x2_to<TM>(lo & 0xffff), e4m3x2_to<TM>(hi & 0xffff)};
+          const uint32_t odd[2] = {e4m3x2_to<TM>(lo >> 16), e4m3x2_to<TM>(hi >> 16)};
+          mma_16816<TM>(o[2 * (2 * qp + h)], pa, even);
+          mma_16816<TM>(o[2 * (2 * qp + h) + 1], pa, odd);
         }
       }
     } else {

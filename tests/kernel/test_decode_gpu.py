@@ -203,6 +203,68 @@ def test_pdl_variant_sees_the_previous_kernels_writes(graphed):
 
 
 @pytest.mark.parametrize("d,page", [(64, 16), (128, 1), (128, 16), (256, 16)])
+def test_f16_math_variant_against_reference(d, page):
+    """f16_math=True (fp8 KV, bf16 q) runs both mma in fp16: against the float64 reference it is at least as close as
+    the default fp8 path (same inputs, same bound), large q entries included; NaN never passes."""
+    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
+
+    gen = torch.Generator("cuda").manual_seed(100 + d + page)
+    inp = make_paged_inputs([1, 77, 1000, 5000], hq=32, hkv=8, d=d, page_size=page, dtype=torch.bfloat16,
+                            kv_fp8=True, device="cuda", generator=gen)
+    inp.q[0, 0, :4] = torch.tensor([300.0, -300.0, 1e-3, -1e-3], dtype=torch.bfloat16)  # beyond bf16's usual q range
+    kw = dict(sm_scale=1.0 / math.sqrt(d), k_scale=0.5, v_scale=1.5)
+    _assert_variant_as_close_as_default(inp, d, page, torch.float8_e4m3fn, kw, dict(f16_math=True), 1e-2)
+    w = BatchDecodeWithPagedKVCache(32, 8, d, page, torch.bfloat16, torch.float8_e4m3fn, "cuda", f16_math=True).load()
+    w.plan(inp.indptr, inp.indices, inp.last_len)
+    f16 = torch.empty_like(inp.q)
+    inp.q[1, 0, 0] = float("nan")  # a NaN in q is not saturated away: it reaches the same outputs as by default
+    w.run(inp.q, inp.k, inp.v, out=f16, **kw)
+    plain = BatchDecodeWithPagedKVCache(32, 8, d, page, torch.bfloat16, torch.float8_e4m3fn, "cuda").load()
+    plain.plan(inp.indptr, inp.indices, inp.last_len)
+    default = plain.run(inp.q, inp.k, inp.v, **kw)
+    torch.cuda.synchronize()
+    assert f16[1, 0].isnan().all() and torch.equal(f16.isnan(), default.isnan())
+
+
+@pytest.mark.parametrize("kv_fp8,f16,d,page", [(False, False, 128, 16), (False, False, 64, 1), (True, False, 128, 1),
+                                               (True, True, 128, 16), (True, True, 64, 16)])
+def test_lazy_rescale_variant_against_reference(kv_fp8, f16, d, page):
+    """lazy_rescale=True keeps a row's reference max until a tile's max exceeds it by > 2^8: against the float64
+    reference it is as close as the default kernel, on inputs whose late tokens score far higher (so the rescale path
+    runs mid-sequence, not only at the first tile); NaN never passes."""
+    gen = torch.Generator("cuda").manual_seed(200 + d + page + kv_fp8 + f16)
+    inp = make_paged_inputs([1, 77, 1000, 5000], hq=32, hkv=8, d=d, page_size=page, dtype=torch.bfloat16,
+                            kv_fp8=kv_fp8, device="cuda", generator=gen)
+    for b in range(4):  # the last quarter of each request's pages: K x 6, a jump far beyond the slack
+        pages = inp.indices[int(inp.indptr[b]):int(inp.indptr[b + 1])].long()
+        late = pages[len(pages) * 3 // 4:]
+        inp.k[late] = (inp.k[late].float() * 6).to(inp.k.dtype)
+    kv = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
+    kw = dict(sm_scale=1.0 / math.sqrt(d), k_scale=0.5 if kv_fp8 else 1.0, v_scale=1.5 if kv_fp8 else 1.0)
+    _assert_variant_as_close_as_default(inp, d, page, kv, kw, dict(lazy_rescale=True), 3e-2 if kv_fp8 else 1e-2,
+                                        base=dict(f16_math=f16, lazy_rescale=False))  # off: the default has it at d 64
+
+
+def _assert_variant_as_close_as_default(inp, d, page, kv, kw, variant, bound, base=None):
+    """The variant (``base`` + ``variant`` settings) against the float64 reference: within ``bound`` and within 1.5x
+    of the ``base`` kernel's error on every request (a long request's small-norm output must not hide); no NaN."""
+    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache, paged_decode_reference
+
+    ref, _ = paged_decode_reference(inp.q, inp.k, inp.v, inp.indptr, inp.indices, inp.last_len, **kw)
+    outs = []
+    for settings in (base or {}, {**(base or {}), **variant}):
+        w = BatchDecodeWithPagedKVCache(32, 8, d, page, torch.bfloat16, kv, "cuda", **settings).load()
+        w.plan(inp.indptr, inp.indices, inp.last_len)
+        outs.append(w.run(inp.q, inp.k, inp.v, out=torch.full_like(inp.q, float("nan")), **kw))
+    torch.cuda.synchronize()
+    default, out = outs
+    assert not out.isnan().any()
+    for b in range(out.shape[0]):
+        assert rel_err(out[b], ref[b]) < bound, (b, rel_err(out[b], ref[b]))
+        assert rel_err(out[b], ref[b]) <= 1.5 * rel_err(default[b], ref[b]) + 1e-4, b
+
+
+@pytest.mark.parametrize("d,page", [(64, 16), (128, 1), (128, 16), (256, 16)])
 def test_fp8_q_variant_against_reference_of_rounded_q(d, page):
     """fp8_q=True rounds q to e4m3 and runs Q K^T on e4m3 tensor cores: against the float64 reference computed from
     the same rounded q it is as close as the default fp8 path is to its own reference; NaN never passes."""

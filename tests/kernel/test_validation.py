@@ -29,6 +29,11 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(stages=True), "stages"),
     (dict(pdl=1), "pdl"),
     (dict(fp8_q=True), "fp8_q"),  # bf16 KV
+    (dict(f16_math=True), "f16_math"),  # bf16 KV
+    (dict(kv_dtype=torch.float8_e4m3fn, f16_math=True, fp8_q=True), "f16_math"),
+    (dict(q_dtype=torch.float16, kv_dtype=torch.float8_e4m3fn, f16_math=True), "f16_math"),  # already fp16 math
+    (dict(kv_dtype=torch.float8_e4m3fn, f16_math=1), "f16_math"),
+    (dict(lazy_rescale=1), "lazy_rescale"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -100,3 +105,23 @@ def test_pdl_is_its_own_module_and_adds_one_flag():
 def test_fp8_q_needs_fp8_kv_and_is_its_own_module():
     w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", fp8_q=True)
     assert w.config.tag.endswith("_q8") and "-DKVP_FP8_Q=1" in w.config.defines()
+
+
+def test_f16_math_is_its_own_module():
+    w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", f16_math=True)
+    tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu")
+    assert w.config.tag.endswith("_h16") and w.config.defines() == tuned.config.defines() + ["-DKVP_FP8_F16=1"]
+
+
+def test_lazy_rescale_is_its_own_module():
+    w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", lazy_rescale=True)
+    tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
+    assert w.config.tag.endswith("_lr") and w.config.defines() == tuned.config.defines() + ["-DKVP_LAZY_RESCALE=1"]
+
+
+@pytest.mark.parametrize("kv,d,on", [(torch.bfloat16, 64, True), (torch.float16, 64, True), (torch.bfloat16, 128, False),
+                                     (torch.float8_e4m3fn, 64, False), (torch.float8_e4m3fn, 128, False)])
+def test_lazy_rescale_default_only_where_measured_faster(kv, d, on):
+    q = torch.float16 if kv == torch.float16 else torch.bfloat16
+    assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu").config.lazy_rescale is on
+    assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu", lazy_rescale=False).config.lazy_rescale is False
