@@ -125,3 +125,11 @@ def test_lazy_rescale_default_only_where_measured_faster(kv, d, on):
     q = torch.float16 if kv == torch.float16 else torch.bfloat16
     assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu").config.lazy_rescale is on
     assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu", lazy_rescale=False).config.lazy_rescale is False
+
+
+def test_prebuild_sets_name_each_module_once():
+    from kvprefetch.jit_kernels.prebuild import configs
+
+    for which in ("default", "tests", "all"):
+        cfgs = configs(which)
+        assert len({c.tag for c in cfgs}) == len(cfgs), which  # ninja refuses two rules for one module
