@@ -171,6 +171,7 @@ class KvPrefetch(Kernel):
     fp8_q = False
     f16_math = False
     lazy_rescale: Optional[bool] = None  # None: the product default (on for 16-bit KV at head_dim 64)
+    grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
 
@@ -179,12 +180,12 @@ class KvPrefetch(Kernel):
 
         s = prob.shape
         key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance,
-               self.stages, self.pdl, self.fp8_q, self.f16_math, self.lazy_rescale, self.splits)
+               self.stages, self.pdl, self.fp8_q, self.f16_math, self.lazy_rescale, self.splits, self.grid)
         w = cache.wrappers.get(key)
         if w is None:
             cls = BatchDecodeWithPagedKVCache
             if self.splits:
-                cls = _fixed_splits(cls, self.splits)
+                cls = _fixed_splits(cls, self.splits, self.grid)
             w = cls(s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, Q_TORCH, prob.kv_dtype, prob.device,
                     max_batch_size=256, prefetch_distance=self.distance, stages=self.stages, pdl=self.pdl,
                     fp8_q=self.fp8_q, f16_math=self.f16_math, lazy_rescale=self.lazy_rescale)
@@ -201,13 +202,15 @@ class KvPrefetch(Kernel):
                           k_scale=p.k_scale, v_scale=p.v_scale, out=self.out)
 
 
-def _fixed_splits(wrapper_cls: type, splits: int) -> type:
-    """The wrapper with its planner's split counts (long and short requests) replaced by ``splits``. The wrapper
-    sizes its split workspace through num_splits_for too, so the override stays in bounds."""
-    fixed = {"num_splits_for": lambda self, batch_size: splits}
+def _fixed_splits(wrapper_cls: type, splits: int, grid: Optional[int] = None) -> type:
+    """The wrapper with its planner's split counts (long and short requests) replaced by ``splits``; with ``grid``
+    the grid is that many splits wide (the long-request count) while short requests still use ``splits``, so the
+    surplus blocks exit at once (experiment 15's question). The wrapper sizes its split workspace through
+    num_splits_for too, so the override stays in bounds."""
+    fixed = {"num_splits_for": lambda self, batch_size: grid or splits}
     if hasattr(wrapper_cls, "short_splits_for"):
         fixed["short_splits_for"] = lambda self, batch_size: splits
-    return type(f"{wrapper_cls.__name__}Splits{splits}", (wrapper_cls,), fixed)
+    return type(f"{wrapper_cls.__name__}Splits{splits}" + (f"Grid{grid}" if grid else ""), (wrapper_cls,), fixed)
 
 
 class KvPrefetchD0(KvPrefetch):
@@ -216,13 +219,15 @@ class KvPrefetchD0(KvPrefetch):
 
 
 def variant(stages: Optional[int] = None, pdl: bool = False, fp8_q: bool = False,
-            splits: Optional[int] = None, f16_math: bool = False, lazy_rescale: bool = False) -> type:
+            splits: Optional[int] = None, f16_math: bool = False, lazy_rescale: bool = False,
+            grid: Optional[int] = None) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch (``kvprefetch_pdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``), fp16 mma with fp8 KV
     (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``; without it a variant keeps the product's default),
     a fixed split count (``kvprefetch_x<n>``)."""
-    name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale)
+    name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid)
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
+                                      "grid": grid if splits else None,
                                       "f16_math": f16_math, "lazy_rescale": lazy_rescale or None})  # else: the default
 
 

@@ -233,3 +233,27 @@ def test_splits_flag_adds_fixed_split_variants():
     for bad in ("0", "65"):
         with pytest.raises(SystemExit):
             kernel_bench.parse_args(["--splits", bad])
+
+
+def test_grid_splits_flag_keeps_short_splits_in_a_wider_grid():
+    import kernel_grid as kg
+    import kernel_peers as kp
+
+    args = kernel_bench.parse_args(["--grid-splits", "16:33", "--quick"])
+    _, _, kernels = kernel_bench.selected(args)
+    assert "kvprefetch_x16g33" in kernels
+    cls = kp.variant(**kg.parse_variant("kvprefetch_x16g33"))
+    assert cls.splits == 16 and cls.grid == 33
+
+    class Planner:
+        def num_splits_for(self, batch_size):
+            return 99
+
+        def short_splits_for(self, batch_size):
+            return 99
+
+    fixed = kp._fixed_splits(Planner, 16, 33)()
+    assert fixed.num_splits_for(1) == 33 and fixed.short_splits_for(1) == 16
+    for bad in ("16", "33:16", "0:4", "a:b", "16:65"):
+        with pytest.raises(SystemExit):
+            kernel_bench.parse_args(["--grid-splits", bad])
