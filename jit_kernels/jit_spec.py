@@ -68,8 +68,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                 f16_math: bool = False, lazy_rescale: bool | None = None) -> DecodeConfig:
     """``stages`` overrides the table, ``pdl`` turns on programmatic dependent launch, ``fp8_q`` quantises q to
     e4m3 for Q K^T with fp8 KV, ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q, ``lazy_rescale`` skips the
-    output rescale while no row max grows by more than 2^8 (None: ``lazy_rescale_default``) (experiments: the benchmark's ``--stages`` / ``--pdl`` /
-    ``--fp8-q`` / ``--f16-math`` / ``--lazy-rescale``)."""
+    output rescale while no row max grows by more than 2^8 (None: ``lazy_rescale_default``). The benchmark's
+    ``--stages`` / ``--pdl`` / ``--fp8-q`` / ``--f16-math`` / ``--lazy-rescale`` run them as experiments."""
     if lazy_rescale is None:
         lazy_rescale = lazy_rescale_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
