@@ -77,17 +77,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--splits", type=int, nargs="+", default=[], metavar="N",
                     help="also run kvprefetch with N KV splits per (request, kv head) instead of the planner's "
                          "(kernel kvprefetch_xN; experiment)")
-    ap.add_argument("--grid-splits", nargs="+", default=[], metavar="S:G",
+    ap.add_argument("--grid-splits", nargs="+", default=[], metavar="S:G", type=_split_in_grid,
                     help="also run kvprefetch with S splits per short request in a grid G splits wide, so G - S blocks "
                          "per (request, kv head) exit at once (kernel kvprefetch_xSgG; experiment 15's diagnostic)")
     args = ap.parse_args(argv)
-    try:
-        args.grid_splits = [tuple(int(x) for x in v.split(":")) for v in args.grid_splits]
-    except ValueError:
-        ap.error(f"--grid-splits: expected S:G pairs of integers, got {args.grid_splits}")
-    bad = [v for v in args.grid_splits if len(v) != 2 or not 1 <= v[0] <= v[1] <= MAX_SPLITS_SWEPT]
-    if bad:
-        ap.error(f"--grid-splits: expected S:G with 1 <= S <= G <= {MAX_SPLITS_SWEPT}, got {bad}")
     bad = [n for n in args.stages if not 2 <= n <= 8]
     if bad:
         ap.error(f"--stages: expected values 2..8, got {bad}")
@@ -99,6 +92,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         if bad:
             ap.error(f"unknown kernels {bad}; choose from {list(kg.ALL_KERNELS)}")
     return args
+
+
+def _split_in_grid(text: str) -> tuple:
+    """--grid-splits' 'S:G' -> (S, G) with 1 <= S <= G <= MAX_SPLITS_SWEPT."""
+    try:
+        s, g = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected S:G (two integers), got {text!r}") from None
+    if not 1 <= s <= g <= MAX_SPLITS_SWEPT:
+        raise argparse.ArgumentTypeError(f"expected 1 <= S <= G <= {MAX_SPLITS_SWEPT}, got {text!r}")
+    return s, g
 
 
 def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
