@@ -83,7 +83,8 @@ class BatchDecodeWithPagedKVCache:
     fp16 once per block (saturating at +-65504) and runs both mma in fp16, so each e4m3 pair needs one conversion
     instead of four; ``lazy_rescale=True`` rescales the output accumulators only in tiles where a row's running max
     grows by more than 2^8 (P entries stay <= 256; the result is the same up to rounding); the default (None) turns
-    it on for 16-bit KV at head_dim 64 only, where it measured faster on both cards (NOTES.md, run 11).
+    it on for 16-bit KV at head_dim 64 only, where it measured faster on both cards (NOTES.md, run 11);
+    ``trace=True`` builds the block-timeline diagnostic (``set_trace``; experiment 18).
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class BatchDecodeWithPagedKVCache:
         fp8_q: bool = False,
         f16_math: bool = False,
         lazy_rescale: bool | None = None,
+        trace: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -144,6 +146,8 @@ class BatchDecodeWithPagedKVCache:
                              f"{q_dtype}, fp8_q={fp8_q}")
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
+        if not isinstance(trace, bool):
+            raise ValueError(f"trace: expected a bool, got {trace!r}")
 
         self.num_qo_heads, self.num_kv_heads, self.group = num_qo_heads, num_kv_heads, group
         self.head_dim, self.page_size = head_dim, page_size
@@ -155,7 +159,7 @@ class BatchDecodeWithPagedKVCache:
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
-                                  pdl, fp8_q, f16_math, lazy_rescale)
+                                  pdl, fp8_q, f16_math, lazy_rescale, trace)
         self._module = None
         self._plan = None
 
@@ -183,6 +187,16 @@ class BatchDecodeWithPagedKVCache:
         self.workspace_bytes = sum(t.numel() * t.element_size() for t in (self._part_o, self._part_lse, self._counters))
         self._module = mod
         return self
+
+    def set_trace(self, buf: torch.Tensor | None) -> None:
+        """Experiment 18 (``trace=True`` only): later launches append one record per block to ``buf`` (int64 on the
+        device; word 0 counts records, which the caller zeroes); None turns tracing off."""
+        if not self.config.trace:
+            raise ValueError("set_trace: the wrapper was built without trace=True")
+        self.load()
+        if buf is not None:
+            check_tensor("buf", buf, dtype=torch.int64, ndim=1, device=self.device)
+        self._module.set_trace(buf if buf is not None else torch.empty(0, dtype=torch.int64, device=self.device))
 
     def num_splits_for(self, batch_size: int) -> int:
         return split_count(batch_size, self.num_kv_heads, self.target_blocks)

@@ -37,7 +37,7 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config("bf16", False, 128, pf) for pf in (1, 4)]
         cfgs += [make_config("bf16", False, 128, 2, prefetch_bulk=True)]
         # the experiments' modules (kernel_bench --stages 6 / --pdl / --fp8-q / --f16-math / --lazy-rescale and their GPU
-        # tests)
+        # tests, and the block-timeline trace)
         base = [("bf16", False, 128), ("bf16", False, 64), ("bf16", True, 128)]
         cfgs += [make_config(q, fp8, d, 0, stages=6) for q, fp8, d in base]
         cfgs += [make_config(q, fp8, d, 0, pdl=True) for q, fp8, d in base]
@@ -45,6 +45,7 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config("bf16", True, d, 0, f16_math=True) for d in (64, 128, 256)]
         cfgs += [make_config(q, fp8, d, 0, lazy_rescale=True) for q, fp8, d in base]
         cfgs += [make_config("bf16", True, d, 0, f16_math=True, lazy_rescale=True) for d in (64, 128)]
+        cfgs += [make_config(q, fp8, d, 0, trace=True) for q, fp8, d in base]  # benchmarks/block_timeline.py
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
 
 

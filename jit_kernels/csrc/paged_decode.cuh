@@ -21,11 +21,46 @@
 #ifndef KVP_LAZY_RESCALE
 #define KVP_LAZY_RESCALE 0  // rescale o only when a row's max grows by > kRescaleSlack (experiment 17)
 #endif
+#ifndef KVP_TRACE
+#define KVP_TRACE 0  // block-timeline trace (the JIT spec's trace flag, experiment 18): diagnostics only
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
 
 namespace kvp {
+
+#if KVP_TRACE
+// Experiment 18's block timeline: set by the module's set_trace(); word 0 counts records, records start at word
+// kTraceHeader, kTraceWords words each: stamps 0..5 (globaltimer, ns), the block's smid / kind / active splits /
+// tiles, its (x, y, z), and the K pointer (which layer's launch).
+constexpr int kTraceHeader = 16, kTraceWords = 10, kTraceStamps = 6;
+__device__ uint64_t* g_trace = nullptr;
+__device__ uint64_t g_trace_cap = 0;
+enum TraceKind { kTrSingle = 0, kTrPartial = 1, kTrMerger = 2, kTrIdle = 3, kTrEmpty = 4 };
+__device__ __forceinline__ void trace_write(const uint64_t* t, int kind, int n_act, int ntiles, const void* k) {
+  if (g_trace == nullptr) return;
+  const unsigned long long i = atomicAdd(reinterpret_cast<unsigned long long*>(g_trace), 1ull);
+  if (i >= g_trace_cap) return;
+  uint64_t* r = g_trace + kTraceHeader + i * kTraceWords;
+  for (int j = 0; j < kTraceStamps; ++j) r[j] = t[j];
+  r[6] = uint64_t(smid()) | (uint64_t(kind) << 16) | (uint64_t(uint32_t(n_act)) << 24) | (uint64_t(uint32_t(ntiles)) << 40);
+  r[7] = uint64_t(blockIdx.x) | (uint64_t(blockIdx.y) << 16) | (uint64_t(blockIdx.z) << 40);
+  r[8] = reinterpret_cast<uint64_t>(k);
+  r[9] = 0;
+}
+#define KVP_STAMP(i, after) (tr[i] = globaltimer_after(uint32_t(after)))
+#define KVP_TRACE_OUT(kind, n_act, ntiles) \
+  do {                                     \
+    if (tid == 0) {                        \
+      for (int j_ = 0; j_ < kTraceStamps; ++j_) if (tr[j_] == 0) tr[j_] = tr[j_ > 0 ? j_ - 1 : 0]; \
+      trace_write(tr, kind, n_act, ntiles, p.k);                                                  \
+    }                                      \
+  } while (0)
+#else
+#define KVP_STAMP(i, after) ((void)0)
+#define KVP_TRACE_OUT(kind, n_act, ntiles) ((void)0)
+#endif
 
 struct DecodeParams {
   const void* q;
@@ -155,6 +190,9 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   const int split = blockIdx.z, head = blockIdx.x, b = blockIdx.y;
   const int group = p.group;
   const int qo_head0 = head * group;
+#if KVP_TRACE
+  uint64_t tr[kTraceStamps] = {globaltimer_after(0), 0, 0, 0, 0, 0};
+#endif
   if constexpr (KVP_PDL) {
     pdl_warm_l2<C, TKV>(p, b, split, head, tid, STAGES);
     griddep_wait();
@@ -184,6 +222,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   const int page_beg = p.indptr[b];
   const int num_pages = p.indptr[b + 1] - page_beg;
   const int len = num_pages > 0 ? (num_pages - 1) * (1 << p.page_shift) + p.last_len[b] : 0;
+  KVP_STAMP(1, len);
   TQ* out = static_cast<TQ*>(p.o);
   if (len <= 0) {  // empty request: zeros and lse = -inf, written once
     if (split == 0) {
@@ -191,11 +230,15 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
         out[b * p.o_stride_b + (qo_head0 + i / D) * p.o_stride_h + i % D] = from_float<TQ>(0.f);
       if (p.lse != nullptr && tid < group) p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + tid] = -CUDART_INF_F;
     }
+    KVP_TRACE_OUT(kTrEmpty, 0, 0);
     return;
   }
   const int chunk = split_chunk(len, p);
   const int n_act = (len + chunk - 1) / chunk;
-  if (split >= n_act) return;
+  if (split >= n_act) {
+    KVP_TRACE_OUT(kTrIdle, n_act, 0);
+    return;
+  }
   const int tok_beg = split * chunk;
   const int tok_end = min(len, tok_beg + chunk);
   const int ntiles = (tok_end - tok_beg + C::kTile - 1) / C::kTile;
@@ -305,6 +348,9 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   for (int t = 0; t < ntiles; ++t) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();
+#if KVP_TRACE
+    if (t == 0) KVP_STAMP(2, 0);
+#endif
     prefetch_tile(t + C::kLookahead);
     load_tile(t + STAGES - 1);
     cp_async_commit();
@@ -441,6 +487,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     }
   }
   cp_async_wait<0>();
+  KVP_STAMP(3, 0);
 
   // ---- combine the 4 warps
 #pragma unroll
@@ -519,7 +566,11 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
       if (c4 == 0) p.part_lse[row] = lse2;
     }
   }
-  if (single) return;
+  if (single) {
+    KVP_STAMP(4, 0);
+    KVP_TRACE_OUT(kTrSingle, n_act, ntiles);
+    return;
+  }
 
   // ---- the last split of (request, kv head) to finish merges all partials; no second launch
   int* flag = reinterpret_cast<int*>(smem + C::kOffFlag);
@@ -531,9 +582,13 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     const bool last = done == n_act - 1;
     if (last) *ctr = 0;  // ready for the next launch (CUDA-graph replays reuse the counters)
     *flag = last;
+    KVP_STAMP(4, done);
   }
   __syncthreads();
-  if (!*flag) return;
+  if (!*flag) {
+    KVP_TRACE_OUT(kTrPartial, n_act, ntiles);
+    return;
+  }
   __threadfence();
   // split weights once: lse of every (split, row) into shared memory in one round of loads, then normalised
   float* w = reinterpret_cast<float*>(smem + C::kOffK);  // [n_act][group]; the stages are free again
@@ -569,6 +624,8 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     }
     write_out(r, c4, acc, red_m[r] + log2f(red_l[r]));
   }
+  KVP_STAMP(5, 0);
+  KVP_TRACE_OUT(kTrMerger, n_act, ntiles);
 }
 
 }  // namespace kvp

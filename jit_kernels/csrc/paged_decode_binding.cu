@@ -1,6 +1,6 @@
 // tvm-ffi entry points of one specialised decode module. The specialisation comes from -D flags set by the
 // JIT spec (jit_kernels/jit_spec.py): KVP_Q_BF16, KVP_KV_FP8, KVP_HEAD_DIM, KVP_STAGES, KVP_PREFETCH,
-// KVP_PREFETCH_BULK, KVP_PDL (optional).
+// KVP_PREFETCH_BULK, KVP_PDL, KVP_TRACE (optional).
 #include <algorithm>
 
 #include <tvm/ffi/container/tensor.h>
@@ -121,8 +121,22 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
 #endif
 }
 
+#if KVP_TRACE
+// Experiment 18: every block of later launches appends its timeline to `buf` (int64, word 0 = record count, which
+// the caller zeroes between captures of interest); an empty tensor turns tracing off.
+void set_trace(TensorView buf) {
+  uint64_t* ptr = buf.numel() > kvp::kTraceHeader ? static_cast<uint64_t*>(buf.data_ptr()) : nullptr;
+  const uint64_t cap = ptr ? (buf.numel() - kvp::kTraceHeader) / kvp::kTraceWords : 0;
+  KVP_CHECK_CUDA(cudaMemcpyToSymbol(kvp::g_trace, &ptr, sizeof(ptr)));
+  KVP_CHECK_CUDA(cudaMemcpyToSymbol(kvp::g_trace_cap, &cap, sizeof(cap)));
+}
+#endif
+
 }  // namespace
 
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(run, run);
+#if KVP_TRACE
+TVM_FFI_DLL_EXPORT_TYPED_FUNC(set_trace, set_trace);
+#endif
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(smem_bytes, smem_bytes);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(blocks_per_sm, blocks_per_sm);

@@ -41,6 +41,18 @@ __device__ __forceinline__ void prefetch_l2_bulk(const void* gmem, uint32_t byte
 // visible (a no-op when this grid was launched without the PDL attribute).
 __device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 
+// Nanosecond wall clock shared by all SMs (block-timeline traces); `after` makes the read wait for that value.
+__device__ __forceinline__ uint64_t globaltimer_after(uint32_t after) {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t) : "r"(after) : "memory");
+  return t;
+}
+__device__ __forceinline__ uint32_t smid() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%smid;\n" : "=r"(r));
+  return r;
+}
+
 // Prefetch of one 128-byte line into L2 through the load/store unit (no copy engine round trip).
 __device__ __forceinline__ void prefetch_l2_line(const void* gmem) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(gmem));

@@ -284,3 +284,32 @@ def test_fp8_q_variant_against_reference_of_rounded_q(d, page):
     assert not out.isnan().any()
     for b in range(out.shape[0]):  # per request: a long request's small-norm output must not hide behind others
         assert rel_err(out[b], ref[b]) < 1e-2, (b, rel_err(out[b], ref[b]))
+
+
+def test_trace_variant_records_every_block():
+    """trace=True (experiment 18) computes the same output as the default module, bit for bit, and with a buffer
+    set appends one record per block of the grid: the active splits' stamps in order, the idle ones marked idle."""
+    import timeline_stats as ts
+    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
+
+    gen = torch.Generator("cuda").manual_seed(18)
+    inp = make_paged_inputs([1, 77, 1000, 5000], hq=32, hkv=8, d=128, page_size=16, dtype=torch.bfloat16,
+                            device="cuda", generator=gen)
+    outs, w = [], None
+    for trace in (False, True):
+        w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cuda", trace=trace).load()
+        w.plan(inp.indptr, inp.indices, inp.last_len)
+        if trace:
+            buf = torch.zeros(ts.HEADER_WORDS + ts.RECORD_WORDS * 4096, dtype=torch.int64, device="cuda")
+            w.set_trace(buf)
+        outs.append(w.run(inp.q, inp.k, inp.v, out=torch.full_like(inp.q, float("nan"))))
+    w.set_trace(None)
+    torch.cuda.synchronize()
+    assert torch.equal(outs[0], outs[1])
+    recs = ts.parse(buf.cpu().tolist())
+    assert len(recs) == 4 * 8 * w.num_splits_for(4)
+    for r in recs:
+        assert r["t"] == sorted(r["t"]) and r["kind"] in ts.KINDS
+    assert {r["kind"] for r in recs} >= {0, 1, 2, 3}  # the 1-token request is single, the 5000-token one merges
+    with pytest.raises(ValueError, match="trace=True"):
+        BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cuda").set_trace(None)

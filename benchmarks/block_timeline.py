@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Experiment 18: where a decode launch's time goes, block by block, in the in-sequence regime.
+
+    python benchmarks/block_timeline.py --shapes 1x1K,1x4K,1x16K,16x1K --page-size 16 --out DIR
+
+For each shape, one CUDA graph of L layers' kvprefetch calls runs with a `trace=True` module: every block records
+when it started, knew its request's length, had its first tile, finished its loop, counted its split and (the last
+split) wrote the merge. The table gives each phase's medians over the launches (µs from the launch's first block
+start) beside the per-layer time of the default module and of the trace build, measured in the same process.
+Writes DIR/timeline-<gpu>.json (every launch's phases) and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import graph_timing as gt  # noqa: E402
+import kernel_grid as kg  # noqa: E402
+import results_io as rio  # noqa: E402
+import timeline_stats as ts  # noqa: E402
+from l2_telemetry import parse_shapes  # noqa: E402
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="1x1K,1x4K,1x16K,4x4K,8x2K,16x1K,64x512,1x64K", help="BATCHxCTX,...")
+    ap.add_argument("--page-size", type=int, default=16)
+    ap.add_argument("--kv", choices=sorted(kg.KV_DTYPES), default="bf16")
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=32, help="launches per graph (fewer where memory is short)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    args.shape_list = parse_shapes(args.shapes)
+    return args
+
+
+def measure(shape, layers: int, device) -> dict:
+    import torch
+
+    from kernel_peers import Q_TORCH, Problem
+    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
+
+    prob = Problem(shape, layers, device)
+    wrappers = {}
+    for trace in (False, True):
+        w = BatchDecodeWithPagedKVCache(shape.num_qo_heads, shape.num_kv_heads, shape.head_dim, shape.page_size,
+                                        Q_TORCH, prob.kv_dtype, device, max_batch_size=256, trace=trace)
+        w.plan(prob.kv_indptr, prob.kv_indices, prob.kv_last_page_len)
+        wrappers[trace] = w
+    out = torch.empty_like(prob.q)
+
+    def call(w):
+        return lambda i: w.run(prob.q, prob.k(i), prob.v(i), sm_scale=prob.sm_scale, k_scale=prob.k_scale,
+                               v_scale=prob.v_scale, out=out)
+
+    for w in wrappers.values():
+        call(w)(0)
+    err = prob.max_rel_err(out)
+    us = {t: gt.time_in_sequence(call(w), layers, repeats=20) for t, w in wrappers.items()}
+    w = wrappers[True]
+    blocks = shape.batch * shape.num_kv_heads * w.num_splits_for(shape.batch)
+    buf = torch.zeros(ts.HEADER_WORDS + ts.RECORD_WORDS * blocks * layers, dtype=torch.int64, device=device)
+    graph = gt.capture(lambda: [call(w)(i) for i in range(layers)])
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    w.set_trace(buf)
+    graph.replay()
+    torch.cuda.synchronize()
+    w.set_trace(None)
+    records = ts.parse(buf.cpu().tolist())
+    del graph
+    prob.free()
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {"shape": f"{shape.batch}x{shape.ctx}", "batch": shape.batch, "ctx": shape.ctx, "layers": layers,
+            "splits": w.num_splits_for(shape.batch), "short_splits": w.short_splits_for(shape.batch),
+            "module": w.describe_module(), "max_rel_err": err,
+            "us_per_layer": med(us[False]), "us_per_layer_trace": med(us[True]),
+            "records": len(records), "summary": ts.summarize(records)}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    device = torch.device("cuda", torch.cuda.current_device())
+    props = torch.cuda.get_device_properties(device)
+    rows = []
+    for batch, ctx in args.shape_list:
+        shape = kg.Shape(batch, ctx, args.page_size, 32, 8, args.head_dim, args.kv)
+        layers = max(2, min(args.layers, int(0.6 * torch.cuda.mem_get_info()[0] // max(shape.pool_bytes, 1))))
+        rows.append(measure(shape, layers, device))
+        r = rows[-1]
+        print(f"{r['shape']}: {r['us_per_layer']:.1f} us/layer (trace build {r['us_per_layer_trace']:.1f}), "
+              f"span {r['summary']['median']['span']:.1f} us, err {r['max_rel_err']:.1e}", flush=True)
+    slug = rio.device_slug(props.name)
+    doc = {"device": props.name, "sms": props.multi_processor_count, **rio.stamp(),
+           "config": {"page_size": args.page_size, "kv": args.kv, "head_dim": args.head_dim}, "rows": rows}
+    rio.write_json(args.out / f"timeline-{slug}.json", doc)
+    md = (f"# Block timeline (experiment 18) — {props.name}\n\ncommit `{doc['commit']}`; page {args.page_size}, "
+          f"KV {args.kv}, head_dim {args.head_dim}, 32/8 heads; medians over the launches after the first, µs from "
+          f"each launch's first block start.\n\n" + ts.markdown(rows) + "\n")
+    rio.write_text(args.out / f"timeline-{slug}.md", md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
