@@ -74,6 +74,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--lazy-rescale", action="store_true",
                     help="also run kvprefetch with lazy output rescaling (kernel kvprefetch_lr, and kvprefetch_h16_lr "
                          "with --f16-math; experiment 17)")
+    ap.add_argument("--merge-loop", action="store_true",
+                    help="also run kvprefetch with the split merge before experiment 19 (kernel kvprefetch_ml)")
     ap.add_argument("--splits", type=int, nargs="+", default=[], metavar="N",
                     help="also run kvprefetch with N KV splits per (request, kv head) instead of the planner's "
                          "(kernel kvprefetch_xN; experiment)")
@@ -106,12 +108,14 @@ def _split_in_grid(text: str) -> tuple:
 
 
 def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """The kvprefetch variants asked for with --stages / --pdl / --fp8-q / --f16-math / --lazy-rescale / --splits, as
+    """The kvprefetch variants asked for with --stages / --pdl / --fp8-q / --f16-math / --lazy-rescale / --merge-loop /
+    --splits, as
     kernel_peers.variant() arguments."""
     return ([dict(stages=n) for n in args.stages] + ([dict(pdl=True)] if args.pdl else [])
             + ([dict(fp8_q=True)] if args.fp8_q else []) + ([dict(f16_math=True)] if args.f16_math else [])
             + ([dict(lazy_rescale=True)] if args.lazy_rescale else [])
             + ([dict(f16_math=True, lazy_rescale=True)] if args.f16_math and args.lazy_rescale else [])
+            + ([dict(merge_loop=True)] if args.merge_loop else [])
             + [dict(splits=n) for n in args.splits] + [dict(splits=s, grid=g) for s, g in args.grid_splits])
 
 

@@ -66,6 +66,7 @@ def launch_phases(rs: Sequence[dict], prev_end_ns: float | None = None) -> Dict[
         "counted_max": _q(rel(4, act), 1.0),
         "merge_p50": _q([us(r["t"][5] - r["t"][4]) for r in mergers], 0.5),
         "active_per_sm_max": max(per_sm.values()) if per_sm else 0,
+        "sms_doubled": sum(n >= 2 for n in per_sm.values()),  # SMs running two or more of the launch's active blocks
         "sms_used": len(per_sm),
     }
     return out

@@ -26,7 +26,7 @@ ARCH_FLAGS = {
 # the experiments' on/off flags: (field, define when on, module-tag suffix when on), in tag order
 _EXPERIMENT_FLAGS = (("pdl", "-DKVP_PDL=1", "_pdl"), ("fp8_q", "-DKVP_FP8_Q=1", "_q8"),
                      ("f16_math", "-DKVP_FP8_F16=1", "_h16"), ("lazy_rescale", "-DKVP_LAZY_RESCALE=1", "_lr"),
-                     ("trace", "-DKVP_TRACE=1", "_tr"))
+                     ("trace", "-DKVP_TRACE=1", "_tr"), ("merge_loop", "-DKVP_MERGE_LOOP=1", "_ml"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,7 @@ class DecodeConfig:
     f16_math: bool = False  # fp8 KV, bf16 q: both mma in fp16 (e4m3 -> fp16 is one cvt per pair; experiment 16)
     lazy_rescale: bool = False  # rescale the output accumulators only when a row max grows by > 2^8 (experiment 17)
     trace: bool = False  # every block records its timeline into a buffer set by set_trace (experiment 18)
+    merge_loop: bool = False  # the split merge before experiment 19 (one round of loads per 8 splits), for the A/B
 
     def defines(self) -> list[str]:
         return [
@@ -67,16 +68,19 @@ STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128,
 
 def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False,
                 stages: int | None = None, pdl: bool = False, fp8_q: bool = False,
-                f16_math: bool = False, lazy_rescale: bool | None = None, trace: bool = False) -> DecodeConfig:
+                f16_math: bool = False, lazy_rescale: bool | None = None, trace: bool = False,
+                merge_loop: bool = False) -> DecodeConfig:
     """``stages`` overrides the table, ``pdl`` turns on programmatic dependent launch, ``fp8_q`` quantises q to
     e4m3 for Q K^T with fp8 KV, ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q, ``lazy_rescale`` skips the
     output rescale while no row max grows by more than 2^8 (None: ``lazy_rescale_default``). The benchmark's
     ``--stages`` / ``--pdl`` / ``--fp8-q`` / ``--f16-math`` / ``--lazy-rescale`` run them as experiments; ``trace``
-    builds the block-timeline diagnostic (benchmarks/block_timeline.py)."""
+    builds the block-timeline diagnostic (benchmarks/block_timeline.py), ``merge_loop`` the split merge experiment 19
+    replaced."""
     if lazy_rescale is None:
         lazy_rescale = lazy_rescale_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
-                        prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale, trace)
+                        prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale, trace,
+                        merge_loop)
 
 
 def lazy_rescale_default(kv_fp8: bool, head_dim: int) -> bool:

@@ -46,6 +46,8 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config(q, fp8, d, 0, lazy_rescale=True) for q, fp8, d in base]
         cfgs += [make_config("bf16", True, d, 0, f16_math=True, lazy_rescale=True) for d in (64, 128)]
         cfgs += [make_config(q, fp8, d, 0, trace=True) for q, fp8, d in base]  # benchmarks/block_timeline.py
+        cfgs += [make_config(q, fp8, d, 0, trace=True, pdl=True) for q, fp8, d in base]
+        cfgs += [make_config(q, fp8, d, 0, merge_loop=True) for q, fp8, d in base]  # experiment 19's baseline
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
 
 

@@ -36,7 +36,7 @@ def test_phases_per_launch_and_medians():
     first, second = s["per_launch"]
     assert first["span"] == 11.0 and first["active"] == 2 and first["idle"] == 1
     assert first["first_tile_max"] == 2.2 and first["loop_end_max"] == 9.0 and first["merge_p50"] == 1.6
-    assert first["active_per_sm_max"] == 1 and first["sms_used"] == 2
+    assert first["active_per_sm_max"] == 1 and first["sms_used"] == 2 and first["sms_doubled"] == 0
     assert second["gap_before"] == 2.0  # launch 2 starts 14000, launch 1 ended 12000
     assert s["median"]["gap_before"] == 2.0 and s["timer_step_ns"] == 100
     assert "| 1x16384 |" in ts.markdown([{"shape": "1x16384", "us_per_layer": 33.0, "us_per_layer_trace": 33.5,

@@ -313,3 +313,30 @@ def test_trace_variant_records_every_block():
     assert {r["kind"] for r in recs} >= {0, 1, 2, 3}  # the 1-token request is single, the 5000-token one merges
     with pytest.raises(ValueError, match="trace=True"):
         BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cuda").set_trace(None)
+
+
+@pytest.mark.parametrize("hq,hkv,d,kv_fp8", [(32, 8, 128, False), (32, 2, 128, False), (16, 1, 256, False),
+                                             (16, 1, 64, True)])
+def test_staged_merge_against_reference(hq, hkv, d, kv_fp8):
+    """Experiment 19's merge copies every split's partial into shared memory in rounds (one round at group 4; several
+    at group 16, where fewer splits fit): against the float64 reference on long requests split many ways, as close as
+    the loop merge it replaced (``merge_loop=True``); the output is poisoned first, so an unwritten row fails."""
+    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache, paged_decode_reference
+
+    gen = torch.Generator("cuda").manual_seed(19 + hq + hkv + d)
+    inp = make_paged_inputs([20000, 3, 9000], hq=hq, hkv=hkv, d=d, page_size=16, dtype=torch.bfloat16,
+                            kv_fp8=kv_fp8, device="cuda", generator=gen)
+    kv = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
+    ref, ref_lse = paged_decode_reference(inp.q, inp.k, inp.v, inp.indptr, inp.indices, inp.last_len)
+    errs = []
+    for merge_loop in (True, False):
+        w = BatchDecodeWithPagedKVCache(hq, hkv, d, 16, torch.bfloat16, kv, "cuda", merge_loop=merge_loop).load()
+        assert w.num_splits_for(3) > 8
+        w.plan(inp.indptr, inp.indices, inp.last_len)
+        out, lse = w.run(inp.q, inp.k, inp.v, out=torch.full_like(inp.q, float("nan")),
+                         lse=torch.full((3, hq), float("nan"), device="cuda"), return_lse=True)
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+        errs.append(rel_err(out, ref))
+        assert (lse.double() - ref_lse).abs().max().item() < 1e-3
+    assert errs[1] < (3e-2 if kv_fp8 else 1e-2) and errs[1] <= 1.5 * errs[0] + 1e-6
