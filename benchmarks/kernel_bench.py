@@ -66,7 +66,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--stages", type=int, nargs="+", default=[], metavar="N",
                     help="also run kvprefetch with an N-deep cp.async ring (kernel kvprefetch_sN; experiments)")
     ap.add_argument("--pdl", action="store_true",
-                    help="also run kvprefetch with programmatic dependent launch (kernel kvprefetch_pdl; experiment)")
+                    help="also run kvprefetch with programmatic dependent launch (kernel kvprefetch_pdl)")
+    ap.add_argument("--no-pdl", action="store_true",
+                    help="also run kvprefetch without programmatic dependent launch (kernel kvprefetch_nopdl; "
+                         "experiment 20's baseline)")
     ap.add_argument("--fp8-q", action="store_true",
                     help="with --fp8: also run kvprefetch with q in e4m3 (kernel kvprefetch_q8; experiment)")
     ap.add_argument("--f16-math", action="store_true",
@@ -74,8 +77,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--lazy-rescale", action="store_true",
                     help="also run kvprefetch with lazy output rescaling (kernel kvprefetch_lr, and kvprefetch_h16_lr "
                          "with --f16-math; experiment 17)")
-    ap.add_argument("--merge-loop", action="store_true",
-                    help="also run kvprefetch with the split merge before experiment 19 (kernel kvprefetch_ml)")
     ap.add_argument("--splits", type=int, nargs="+", default=[], metavar="N",
                     help="also run kvprefetch with N KV splits per (request, kv head) instead of the planner's "
                          "(kernel kvprefetch_xN; experiment)")
@@ -108,14 +109,13 @@ def _split_in_grid(text: str) -> tuple:
 
 
 def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """The kvprefetch variants asked for with --stages / --pdl / --fp8-q / --f16-math / --lazy-rescale / --merge-loop /
-    --splits, as
+    """The kvprefetch variants asked for with --stages / --pdl / --no-pdl / --fp8-q / --f16-math / --lazy-rescale / --splits, as
     kernel_peers.variant() arguments."""
     return ([dict(stages=n) for n in args.stages] + ([dict(pdl=True)] if args.pdl else [])
+            + ([dict(pdl=False)] if args.no_pdl else [])
             + ([dict(fp8_q=True)] if args.fp8_q else []) + ([dict(f16_math=True)] if args.f16_math else [])
             + ([dict(lazy_rescale=True)] if args.lazy_rescale else [])
             + ([dict(f16_math=True, lazy_rescale=True)] if args.f16_math and args.lazy_rescale else [])
-            + ([dict(merge_loop=True)] if args.merge_loop else [])
             + [dict(splits=n) for n in args.splits] + [dict(splits=s, grid=g) for s, g in args.grid_splits])
 
 

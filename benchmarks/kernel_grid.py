@@ -34,17 +34,19 @@ READ_BOUND = "read_bound"
 ALL_KERNELS = KVPREFETCH_KERNELS + PEER_KERNELS + (READ_BOUND,)
 
 
-def variant_name(stages: Optional[int] = None, pdl: bool = False, fp8_q: bool = False,
+def variant_name(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: bool = False,
                  splits: Optional[int] = None, f16_math: bool = False, lazy_rescale: bool = False,
-                 grid: Optional[int] = None, merge_loop: bool = False) -> str:
+                 grid: Optional[int] = None) -> str:
     """Kernel name of a kvprefetch experiment variant (kernel_bench --stages / --pdl / --fp8-q / --f16-math /
-    --lazy-rescale / --merge-loop / --splits / --grid-splits: ``_x<splits>g<grid>``)."""
-    return ("kvprefetch" + (f"_s{stages}" if stages else "") + ("_pdl" if pdl else "") + ("_q8" if fp8_q else "")
-            + ("_h16" if f16_math else "") + ("_lr" if lazy_rescale else "") + ("_ml" if merge_loop else "")
+    --lazy-rescale / --splits / --grid-splits: ``_x<splits>g<grid>``; --pdl / --no-pdl: ``_pdl`` / ``_nopdl``, None
+    keeps the product default)."""
+    pdl_tag = {True: "_pdl", False: "_nopdl"}.get(pdl, "")
+    return ("kvprefetch" + (f"_s{stages}" if stages else "") + pdl_tag + ("_q8" if fp8_q else "")
+            + ("_h16" if f16_math else "") + ("_lr" if lazy_rescale else "")
             + (f"_x{splits}" if splits else "") + (f"g{grid}" if splits and grid else ""))
 
 
-_VARIANT = re.compile(r"kvprefetch(?:_s(\d+))?(_pdl)?(_q8)?(_h16)?(_lr)?(_ml)?(?:_x(\d+)(?:g(\d+))?)?")
+_VARIANT = re.compile(r"kvprefetch(?:_s(\d+))?(_pdl|_nopdl)?(_q8)?(_h16)?(_lr)?(?:_x(\d+)(?:g(\d+))?)?")
 
 
 def parse_variant(name: str) -> Optional[Dict[str, Any]]:
@@ -55,9 +57,10 @@ def parse_variant(name: str) -> Optional[Dict[str, Any]]:
     m = _VARIANT.fullmatch(name)
     if m is None or not any(m.groups()):
         return None
-    return {"stages": int(m.group(1)) if m.group(1) else None, "pdl": bool(m.group(2)), "fp8_q": bool(m.group(3)),
-            "f16_math": bool(m.group(4)), "lazy_rescale": bool(m.group(5)), "merge_loop": bool(m.group(6)),
-            "splits": int(m.group(7)) if m.group(7) else None, "grid": int(m.group(8)) if m.group(8) else None}
+    return {"stages": int(m.group(1)) if m.group(1) else None,
+            "pdl": {"_pdl": True, "_nopdl": False}.get(m.group(2)), "fp8_q": bool(m.group(3)),
+            "f16_math": bool(m.group(4)), "lazy_rescale": bool(m.group(5)),
+            "splits": int(m.group(6)) if m.group(6) else None, "grid": int(m.group(7)) if m.group(7) else None}
 
 
 REGIMES = ("in_sequence", "cold")

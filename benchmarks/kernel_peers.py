@@ -167,11 +167,10 @@ class KvPrefetch(Kernel):
     name = "kvprefetch"
     distance: Optional[int] = None
     stages: Optional[int] = None  # None: the tuned table; set by variant() for experiments
-    pdl = False
+    pdl: Optional[bool] = None  # None: the product default (on)
     fp8_q = False
     f16_math = False
     lazy_rescale: Optional[bool] = None  # None: the product default (on for 16-bit KV at head_dim 64)
-    merge_loop = False
     grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
@@ -181,8 +180,7 @@ class KvPrefetch(Kernel):
 
         s = prob.shape
         key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance,
-               self.stages, self.pdl, self.fp8_q, self.f16_math, self.lazy_rescale, self.merge_loop, self.splits,
-               self.grid)
+               self.stages, self.pdl, self.fp8_q, self.f16_math, self.lazy_rescale, self.splits, self.grid)
         w = cache.wrappers.get(key)
         if w is None:
             cls = BatchDecodeWithPagedKVCache
@@ -190,8 +188,7 @@ class KvPrefetch(Kernel):
                 cls = _fixed_splits(cls, self.splits, self.grid)
             w = cls(s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, Q_TORCH, prob.kv_dtype, prob.device,
                     max_batch_size=256, prefetch_distance=self.distance, stages=self.stages, pdl=self.pdl,
-                    fp8_q=self.fp8_q, f16_math=self.f16_math, lazy_rescale=self.lazy_rescale,
-                    merge_loop=self.merge_loop)
+                    fp8_q=self.fp8_q, f16_math=self.f16_math, lazy_rescale=self.lazy_rescale)
             w.load()
             cache.wrappers[key] = w
         self.w, self.prob = w, prob
@@ -221,18 +218,17 @@ class KvPrefetchD0(KvPrefetch):
     distance = 0
 
 
-def variant(stages: Optional[int] = None, pdl: bool = False, fp8_q: bool = False,
+def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: bool = False,
             splits: Optional[int] = None, f16_math: bool = False, lazy_rescale: bool = False,
-            grid: Optional[int] = None, merge_loop: bool = False) -> type:
+            grid: Optional[int] = None) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
-    dependent launch (``kvprefetch_pdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``), fp16 mma with fp8 KV
+    dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``), fp16 mma with fp8 KV
     (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``; without it a variant keeps the product's default),
-    the split merge before experiment 19 (``kvprefetch_ml``), a fixed split count (``kvprefetch_x<n>``)."""
-    name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid, merge_loop)
+    a fixed split count (``kvprefetch_x<n>``)."""
+    name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid)
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
                                       "grid": grid if splits else None,
-                                      "f16_math": f16_math, "lazy_rescale": lazy_rescale or None,  # else: the default
-                                      "merge_loop": merge_loop})
+                                      "f16_math": f16_math, "lazy_rescale": lazy_rescale or None})  # else: the default
 
 
 class FlashInferDecode(Kernel):

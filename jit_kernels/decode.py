@@ -76,16 +76,16 @@ class BatchDecodeWithPagedKVCache:
     ``kv_indices [nnz_pages]`` and ``kv_last_page_len [B]`` (int32).
 
     Experiments (the tuned defaults are what the benchmarks report): ``stages`` overrides the cp.async ring depth;
-    ``pdl=True`` launches with programmatic dependent launch, so the kernel warms L2 with its first tiles while the
-    previous kernel in the stream finishes (it waits for that kernel before reading anything it may write);
+    ``pdl`` (default on: ``pdl_default``) launches with programmatic dependent launch: each block lets the next
+    kernel in the stream launch at once, and warms L2 with its first tiles while the previous kernel finishes (it
+    waits for that kernel before reading anything it may write); ``pdl=False`` is the plain launch;
     ``fp8_q=True`` (fp8 KV only) rounds q to e4m3 and runs Q K^T on e4m3 tensor cores, as SGLang's fa3 backend
     does with fp8 KV (relative error ~3e-2 instead of ~3e-3); ``f16_math=True`` (fp8 KV with bf16 q) converts q to
     fp16 once per block (saturating at +-65504) and runs both mma in fp16, so each e4m3 pair needs one conversion
     instead of four; ``lazy_rescale=True`` rescales the output accumulators only in tiles where a row's running max
     grows by more than 2^8 (P entries stay <= 256; the result is the same up to rounding); the default (None) turns
     it on for 16-bit KV at head_dim 64 only, where it measured faster on both cards (NOTES.md, run 11);
-    ``trace=True`` builds the block-timeline diagnostic (``set_trace``; experiment 18); ``merge_loop=True`` the split
-    merge as it was before experiment 19 (for the A/B).
+    ``trace=True`` builds the block-timeline diagnostic (``set_trace``; experiment 18).
     """
 
     def __init__(
@@ -100,12 +100,11 @@ class BatchDecodeWithPagedKVCache:
         max_batch_size: int = 256,
         prefetch_distance: int | None = None,
         stages: int | None = None,
-        pdl: bool = False,
+        pdl: bool | None = None,
         fp8_q: bool = False,
         f16_math: bool = False,
         lazy_rescale: bool | None = None,
         trace: bool = False,
-        merge_loop: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -137,8 +136,8 @@ class BatchDecodeWithPagedKVCache:
 
         if stages is not None and (isinstance(stages, bool) or not isinstance(stages, int) or not 2 <= stages <= 8):
             raise ValueError(f"stages: expected None (the tuned table) or an int 2..8, got {stages!r}")
-        if not isinstance(pdl, bool):
-            raise ValueError(f"pdl: expected a bool, got {pdl!r}")
+        if pdl is not None and not isinstance(pdl, bool):
+            raise ValueError(f"pdl: expected a bool or None, got {pdl!r}")
         if not isinstance(fp8_q, bool) or (fp8_q and kv_dtype != _FP8):
             raise ValueError(f"fp8_q: expected a bool, True only with kv_dtype torch.float8_e4m3fn; got {fp8_q!r} "
                              f"with kv_dtype {kv_dtype}")
@@ -148,9 +147,8 @@ class BatchDecodeWithPagedKVCache:
                              f"{q_dtype}, fp8_q={fp8_q}")
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
-        for name, flag in (("trace", trace), ("merge_loop", merge_loop)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name}: expected a bool, got {flag!r}")
+        if not isinstance(trace, bool):
+            raise ValueError(f"trace: expected a bool, got {trace!r}")
 
         self.num_qo_heads, self.num_kv_heads, self.group = num_qo_heads, num_kv_heads, group
         self.head_dim, self.page_size = head_dim, page_size
@@ -162,7 +160,7 @@ class BatchDecodeWithPagedKVCache:
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
-                                  pdl, fp8_q, f16_math, lazy_rescale, trace, merge_loop)
+                                  pdl, fp8_q, f16_math, lazy_rescale, trace)
         self._module = None
         self._plan = None
 

@@ -24,9 +24,6 @@
 #ifndef KVP_TRACE
 #define KVP_TRACE 0  // block-timeline trace (the JIT spec's trace flag, experiment 18): diagnostics only
 #endif
-#ifndef KVP_MERGE_LOOP
-#define KVP_MERGE_LOOP 0  // the split merge as before experiment 19 (the JIT spec's merge_loop flag, for the A/B)
-#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -112,7 +109,6 @@ struct DecodeCfg {
   static_assert(D == 64 || D == 128 || D == 256, "head_dim must be 64, 128 or 256");
   static_assert(kOBytes <= 2 * STAGES * kStageBytes, "reduction buffer does not fit");
   static_assert(256 * 16 * 4 <= STAGES * kStageBytes, "merge weights (MAX_SPLITS x 16 rows) do not fit");
-  static_assert(2 * STAGES * kStageBytes / 4 - 256 * 16 >= kRows * D, "one split's partials must fit beside the weights");
 };
 
 // Byte offset of 16-byte chunk `c` of row `r` in a swizzled tile with rows of RB bytes: conflict-free for
@@ -594,7 +590,6 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     KVP_TRACE_OUT(kTrPartial, n_act, ntiles);
     return;
   }
-#if KVP_MERGE_LOOP  // experiment 19's baseline: the merge before it, one round of loads per 8 splits
   __threadfence();
   // split weights once: lse of every (split, row) into shared memory in one round of loads, then normalised
   float* w = reinterpret_cast<float*>(smem + C::kOffK);  // [n_act][group]; the stages are free again
@@ -630,72 +625,6 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     }
     write_out(r, c4, acc, red_m[r] + log2f(red_l[r]));
   }
-#else
-  __threadfence();
-  // Every partial o of this (request, kv head) is copied into shared memory in one round of cp.async, issued before
-  // the split weights are computed, so the merge waits on one L2 round trip instead of one per 8 splits (experiment
-  // 19). The stages are free again: lse weights [n_act][group] first, then as many splits' partials as fit.
-  const int nw = n_act * group;
-  float* w = reinterpret_cast<float*>(smem + C::kOffK);
-  float* staged = w + ((nw + 3) & ~3);
-  constexpr int kStageFloats = 2 * STAGES * C::kStageBytes / 4;
-  const int round_splits = max(1, (kStageFloats - ((nw + 3) & ~3)) / (group * D));
-  auto stage_round = [&](int s0) {
-    const int n16 = min(round_splits, n_act - s0) * group * (D / 4);
-    const float* src = p.part_o + (part_row0 + (int64_t)s0 * group) * D;
-    for (int i = tid; i < n16; i += C::kThreads) cp_async_16(staged + 4 * i, src + 4 * i, true);
-    cp_async_commit();
-  };
-  stage_round(0);
-  for (int i = tid; i < nw; i += C::kThreads) w[i] = __ldcg(p.part_lse + part_row0 + i);
-  __syncthreads();
-  if (tid < group) {
-    float mmax = -CUDART_INF_F;
-    for (int s_i = 0; s_i < n_act; ++s_i) mmax = fmaxf(mmax, w[s_i * group + tid]);
-    float wsum = 0.f;
-    for (int s_i = 0; s_i < n_act; ++s_i) wsum += exp2f(w[s_i * group + tid] - mmax);
-    red_m[tid] = mmax;
-    red_l[tid] = wsum;
-  }
-  __syncthreads();
-  for (int i = tid; i < nw; i += C::kThreads) {
-    const int r = i % group;
-    w[i] = exp2f(w[i] - red_m[r]) / red_l[r];
-  }
-  constexpr int kItems = C::kRows * (D / 4) / C::kThreads;  // (row, 4 columns) outputs per thread at group 16
-  float4 acc[kItems];
-#pragma unroll
-  for (int k = 0; k < kItems; ++k) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int s0 = 0; s0 < n_act; s0 += round_splits) {
-    if (s0 > 0) {  // more splits than fit at once (large groups): the next round into the same buffer
-      __syncthreads();
-      stage_round(s0);
-    }
-    cp_async_wait<0>();
-    __syncthreads();
-    const int ns = min(round_splits, n_act - s0);
-#pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      const int i = tid + k * C::kThreads;
-      if (i < group * (D / 4)) {
-        const int r = i / (D / 4), c4 = i % (D / 4);
-        for (int s_i = 0; s_i < ns; ++s_i) {
-          const float ws = w[(s0 + s_i) * group + r];
-          const float4 v = *reinterpret_cast<const float4*>(staged + (s_i * group + r) * D + c4 * 4);
-          acc[k].x += ws * v.x;
-          acc[k].y += ws * v.y;
-          acc[k].z += ws * v.z;
-          acc[k].w += ws * v.w;
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int k = 0; k < kItems; ++k) {
-    const int i = tid + k * C::kThreads;
-    if (i < group * (D / 4)) write_out(i / (D / 4), i % (D / 4), acc[k], red_m[i / (D / 4)] + log2f(red_l[i / (D / 4)]));
-  }
-#endif
   KVP_STAMP(5, 0);
   KVP_TRACE_OUT(kTrMerger, n_act, ntiles);
 }

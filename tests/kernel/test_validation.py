@@ -95,11 +95,12 @@ def test_stages_override_changes_only_the_ring_depth():
     assert dataclasses.replace(w.config, stages=tuned.config.stages) == tuned.config
 
 
-def test_pdl_is_its_own_module_and_adds_one_flag():
-    w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", pdl=True)
+def test_pdl_is_the_default_and_its_own_module():
+    w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", pdl=False)
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
-    assert w.config.tag.endswith("_pdl") and not tuned.config.tag.endswith("_pdl")
-    assert w.config.defines() == tuned.config.defines() + ["-DKVP_PDL=1"]
+    assert tuned.config.tag.endswith("_pdl") and not w.config.tag.endswith("_pdl")
+    assert tuned.config.defines() == w.config.defines() + ["-DKVP_PDL=1"]
+    assert BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", pdl=True).config == tuned.config
 
 
 def test_fp8_q_needs_fp8_kv_and_is_its_own_module():
