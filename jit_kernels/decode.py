@@ -76,9 +76,9 @@ class BatchDecodeWithPagedKVCache:
     ``kv_indices [nnz_pages]`` and ``kv_last_page_len [B]`` (int32).
 
     Experiments (the tuned defaults are what the benchmarks report): ``stages`` overrides the cp.async ring depth;
-    ``pdl`` (default on: ``pdl_default``) launches with programmatic dependent launch: each block lets the next
-    kernel in the stream launch at once, and warms L2 with its first tiles while the previous kernel finishes (it
-    waits for that kernel before reading anything it may write); ``pdl=False`` is the plain launch;
+    ``pdl`` (None: ``pdl_default``, on for 16-bit KV at head_dim 128) launches with programmatic dependent launch:
+    each block lets the next kernel in the stream launch at once, and warms L2 with its first tiles while the
+    previous kernel finishes (it waits for that kernel before reading anything it may write);
     ``fp8_q=True`` (fp8 KV only) rounds q to e4m3 and runs Q K^T on e4m3 tensor cores, as SGLang's fa3 backend
     does with fp8 KV (relative error ~3e-2 instead of ~3e-3); ``f16_math=True`` (fp8 KV with bf16 q) converts q to
     fp16 once per block (saturating at +-65504) and runs both mma in fp16, so each e4m3 pair needs one conversion

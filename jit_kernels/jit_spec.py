@@ -68,24 +68,25 @@ STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128,
 def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False,
                 stages: int | None = None, pdl: bool | None = None, fp8_q: bool = False,
                 f16_math: bool = False, lazy_rescale: bool | None = None, trace: bool = False) -> DecodeConfig:
-    """``stages`` overrides the table, ``pdl`` programmatic dependent launch (None: ``pdl_default``), ``fp8_q`` quantises q to
-    e4m3 for Q K^T with fp8 KV, ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q, ``lazy_rescale`` skips the
-    output rescale while no row max grows by more than 2^8 (None: ``lazy_rescale_default``). The benchmark's
-    ``--stages`` / ``--pdl`` / ``--fp8-q`` / ``--f16-math`` / ``--lazy-rescale`` run them as experiments; ``trace``
-    builds the block-timeline diagnostic (benchmarks/block_timeline.py)."""
+    """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
+    quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q; ``lazy_rescale``
+    skips the output rescale while no row max grows by more than 2^8 (None: ``lazy_rescale_default``). The
+    benchmark's ``--stages`` / ``--pdl`` / ``--no-pdl`` / ``--fp8-q`` / ``--f16-math`` / ``--lazy-rescale`` run them
+    as experiments; ``trace`` builds the block-timeline diagnostic (benchmarks/block_timeline.py)."""
     if lazy_rescale is None:
         lazy_rescale = lazy_rescale_default(kv_fp8, head_dim)
     if pdl is None:
-        pdl = pdl_default()
+        pdl = pdl_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
                         prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale, trace)
 
 
-def pdl_default() -> bool:
-    """On since run 12: every block lets the next launch in at its start (experiment 20), so the next launch's start
-    and page-table walk overlap this one's tail and merge: −1 … −4 µs per layer on every split shape of the H100 grid
-    (NOTES.md)."""
-    return True
+def pdl_default(kv_fp8: bool, head_dim: int) -> bool:
+    """On where run 12 measured it faster: 16-bit KV at head_dim 128 (two blocks per SM), where the next launch's
+    start and page-table walk overlap this one's tail and merge (experiment 20: geomean −4 … −5 %, −1 … −4 µs
+    per layer on every split shape of the H100 grids). The three-blocks-per-SM modules (fp8 KV, head_dim 64) lost up to
+    14 % with it and head_dim 256 is unmeasured, so they launch plainly."""
+    return head_dim == 128 and not kv_fp8
 
 
 def lazy_rescale_default(kv_fp8: bool, head_dim: int) -> bool:

@@ -40,13 +40,13 @@ def configs(which: str) -> list[DecodeConfig]:
         # tests, and the block-timeline trace)
         base = [("bf16", False, 128), ("bf16", False, 64), ("bf16", True, 128)]
         cfgs += [make_config(q, fp8, d, 0, stages=6) for q, fp8, d in base]
-        cfgs += [make_config(q, fp8, d, 0, pdl=False) for q, fp8, d in base]
+        cfgs += [make_config(q, fp8, d, 0, pdl=p) for q, fp8, d in base for p in (False, True)]
         cfgs += [make_config("bf16", True, d, 0, fp8_q=True) for d in (64, 128, 256)]
         cfgs += [make_config("bf16", True, d, 0, f16_math=True) for d in (64, 128, 256)]
         cfgs += [make_config(q, fp8, d, 0, lazy_rescale=True) for q, fp8, d in base]
         cfgs += [make_config("bf16", True, d, 0, f16_math=True, lazy_rescale=True) for d in (64, 128)]
         cfgs += [make_config(q, fp8, d, 0, trace=True) for q, fp8, d in base]  # benchmarks/block_timeline.py
-        cfgs += [make_config(q, fp8, d, 0, trace=True, pdl=False) for q, fp8, d in base]
+        cfgs += [make_config(q, fp8, d, 0, trace=True, pdl=p) for q, fp8, d in base for p in (False, True)]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
 
 

@@ -100,7 +100,8 @@ def test_pdl_is_the_default_and_its_own_module():
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
     assert tuned.config.tag.endswith("_pdl") and not w.config.tag.endswith("_pdl")
     assert tuned.config.defines() == w.config.defines() + ["-DKVP_PDL=1"]
-    assert BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", pdl=True).config == tuned.config
+    on = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", pdl=True)
+    assert on.config == tuned.config
 
 
 def test_fp8_q_needs_fp8_kv_and_is_its_own_module():
@@ -126,6 +127,15 @@ def test_lazy_rescale_default_only_where_measured_faster(kv, d, on):
     q = torch.float16 if kv == torch.float16 else torch.bfloat16
     assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu").config.lazy_rescale is on
     assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu", lazy_rescale=False).config.lazy_rescale is False
+
+
+@pytest.mark.parametrize("kv,d,on", [(torch.bfloat16, 128, True), (torch.float16, 128, True),
+                                     (torch.bfloat16, 64, False), (torch.bfloat16, 256, False),
+                                     (torch.float8_e4m3fn, 128, False)])
+def test_pdl_default_only_where_measured_faster(kv, d, on):
+    q = torch.float16 if kv == torch.float16 else torch.bfloat16
+    assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu").config.pdl is on
+    assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu", pdl=not on).config.pdl is (not on)
 
 
 def test_prebuild_sets_name_each_module_once():
