@@ -32,8 +32,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--kv", choices=sorted(kg.KV_DTYPES), default="bf16")
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--layers", type=int, default=32, help="launches per graph (fewer where memory is short)")
-    ap.add_argument("--no-pdl", action="store_true",
-                    help="both modules without programmatic dependent launch (default: the product's choice)")
+    pdl = ap.add_mutually_exclusive_group()
+    pdl.add_argument("--pdl", action="store_true", help="both modules with programmatic dependent launch")
+    pdl.add_argument("--no-pdl", action="store_true",
+                     help="both modules without programmatic dependent launch (default: the product's choice)")
     ap.add_argument("--grid-splits", default=None, metavar="S:G",
                     help="short requests use S splits in a grid G splits wide (kernel_bench's experiment-15 override)")
     ap.add_argument("--out", type=Path, required=True)
@@ -102,20 +104,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     for batch, ctx in args.shape_list:
         shape = kg.Shape(batch, ctx, args.page_size, 32, 8, args.head_dim, args.kv)
         layers = max(2, min(args.layers, int(0.6 * torch.cuda.mem_get_info()[0] // max(shape.pool_bytes, 1))))
-        rows.append(measure(shape, layers, device, False if args.no_pdl else None, args.grid_splits))
+        rows.append(measure(shape, layers, device, True if args.pdl else False if args.no_pdl else None,
+                            args.grid_splits))
         r = rows[-1]
         print(f"{r['shape']}: {r['us_per_layer']:.1f} us/layer (trace build {r['us_per_layer_trace']:.1f}), "
               f"span {r['summary']['median']['span']:.1f} us, err {r['max_rel_err']:.1e}", flush=True)
     slug = rio.device_slug(props.name)
     doc = {"device": props.name, "sms": props.multi_processor_count, **rio.stamp(),
-           "config": {"page_size": args.page_size, "kv": args.kv, "head_dim": args.head_dim, "no_pdl": args.no_pdl,
+           "config": {"page_size": args.page_size, "kv": args.kv, "head_dim": args.head_dim, "pdl_flag": "pdl" if args.pdl else "no_pdl" if args.no_pdl else None,
                       "grid_splits": args.grid_splits},
            "rows": rows}
-    slug += "-nopdl" if args.no_pdl else ""
+    slug += "-pdl" if args.pdl else "-nopdl" if args.no_pdl else ""
     slug += f"-x{args.grid_splits[0]}g{args.grid_splits[1]}" if args.grid_splits else ""
     rio.write_json(args.out / f"timeline-{slug}.json", doc)
     md = (f"# Block timeline (experiment 18) — {props.name}\n\ncommit `{doc['commit']}`; page {args.page_size}, "
-          f"KV {args.kv}, head_dim {args.head_dim}, 32/8 heads{', no PDL' if args.no_pdl else ''}; medians over the "
+          f"KV {args.kv}, head_dim {args.head_dim}, 32/8 heads{', PDL' if args.pdl else ', no PDL' if args.no_pdl else ''}; medians over the "
           f"launches after the first, µs from "
           f"each launch's first block start.\n\n" + ts.markdown(rows) + "\n")
     rio.write_text(args.out / f"timeline-{slug}.md", md)
