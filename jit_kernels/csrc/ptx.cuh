@@ -38,12 +38,18 @@ __device__ __forceinline__ void prefetch_l2_bulk(const void* gmem, uint32_t byte
 }
 
 // Programmatic dependent launch: block until the previous kernel in the stream has completed and its writes are
-// visible (a no-op when this grid was launched without the PDL attribute).
-__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+// visible (a no-op when this grid was launched without the PDL attribute; sm_90+, compiled out below).
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 // ... and let the next kernel in the stream launch now: its blocks run up to their own griddepcontrol.wait on the
 // SM slots this grid frees, so its launch and prologue overlap this grid's tail (no-op without the attribute).
 __device__ __forceinline__ void griddep_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
 }
 
 // Nanosecond wall clock shared by all SMs (block-timeline traces); `after` makes the read wait for that value.
