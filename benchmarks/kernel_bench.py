@@ -109,8 +109,8 @@ def _split_in_grid(text: str) -> tuple:
 
 
 def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """The kvprefetch variants asked for with --stages / --pdl / --no-pdl / --fp8-q / --f16-math / --lazy-rescale / --splits, as
-    kernel_peers.variant() arguments."""
+    """The kvprefetch variants asked for with --stages / --pdl / --no-pdl / --fp8-q / --f16-math / --lazy-rescale /
+    --splits, as kernel_peers.variant() arguments."""
     return ([dict(stages=n) for n in args.stages] + ([dict(pdl=True)] if args.pdl else [])
             + ([dict(pdl=False)] if args.no_pdl else [])
             + ([dict(fp8_q=True)] if args.fp8_q else []) + ([dict(f16_math=True)] if args.f16_math else [])

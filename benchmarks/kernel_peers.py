@@ -167,7 +167,7 @@ class KvPrefetch(Kernel):
     name = "kvprefetch"
     distance: Optional[int] = None
     stages: Optional[int] = None  # None: the tuned table; set by variant() for experiments
-    pdl: Optional[bool] = None  # None: the product default (on)
+    pdl: Optional[bool] = None  # None: the product default (on for 16-bit KV at head_dim 128)
     fp8_q = False
     f16_math = False
     lazy_rescale: Optional[bool] = None  # None: the product default (on for 16-bit KV at head_dim 64)
@@ -222,9 +222,9 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
             splits: Optional[int] = None, f16_math: bool = False, lazy_rescale: bool = False,
             grid: Optional[int] = None) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
-    dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``), fp16 mma with fp8 KV
-    (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``; without it a variant keeps the product's default),
-    a fixed split count (``kvprefetch_x<n>``)."""
+    dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
+    fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``; without it a variant keeps
+    the product's default), a fixed split count (``kvprefetch_x<n>``)."""
     name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid)
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
                                       "grid": grid if splits else None,

@@ -44,18 +44,20 @@ __device__ __forceinline__ void trace_write(const uint64_t* t, int kind, int n_a
   if (i >= g_trace_cap) return;
   uint64_t* r = g_trace + kTraceHeader + i * kTraceWords;
   for (int j = 0; j < kTraceStamps; ++j) r[j] = t[j];
-  r[6] = uint64_t(smid()) | (uint64_t(kind) << 16) | (uint64_t(uint32_t(n_act)) << 24) | (uint64_t(uint32_t(ntiles)) << 40);
+  r[6] = uint64_t(smid()) | (uint64_t(kind) << 16) | (uint64_t(uint32_t(n_act)) << 24) |
+         (uint64_t(uint32_t(ntiles)) << 40);
   r[7] = uint64_t(blockIdx.x) | (uint64_t(blockIdx.y) << 16) | (uint64_t(blockIdx.z) << 40);
   r[8] = reinterpret_cast<uint64_t>(k);
   r[9] = 0;
 }
 #define KVP_STAMP(i, after) (tr[i] = globaltimer_after(uint32_t(after)))
-#define KVP_TRACE_OUT(kind, n_act, ntiles) \
-  do {                                     \
-    if (tid == 0) {                        \
-      for (int j_ = 0; j_ < kTraceStamps; ++j_) if (tr[j_] == 0) tr[j_] = tr[j_ > 0 ? j_ - 1 : 0]; \
-      trace_write(tr, kind, n_act, ntiles, p.k);                                                  \
-    }                                      \
+// a stamp the block never reached repeats the one before it
+#define KVP_TRACE_OUT(kind, n_act, ntiles)                                     \
+  do {                                                                         \
+    if (tid == 0) {                                                            \
+      for (int j_ = 1; j_ < kTraceStamps; ++j_) tr[j_] = tr[j_] ? tr[j_] : tr[j_ - 1]; \
+      trace_write(tr, kind, n_act, ntiles, p.k);                               \
+    }                                                                          \
   } while (0)
 #else
 #define KVP_STAMP(i, after) ((void)0)
