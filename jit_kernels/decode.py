@@ -85,7 +85,9 @@ class BatchDecodeWithPagedKVCache:
     instead of four; ``lazy_rescale=True`` rescales the output accumulators only in tiles where a row's running max
     grows by more than 2^8 (P entries stay <= 256; the result is the same up to rounding); the default (None) turns
     it on for 16-bit KV at head_dim 64 only, where it measured faster on both cards (NOTES.md, run 11);
-    ``trace=True`` builds the block-timeline diagnostic (``set_trace``; experiment 18).
+    ``trace=True`` builds the block-timeline diagnostic (``set_trace``; experiment 18); ``two_blocks=True`` pads
+    the launch's shared memory so at most two blocks share an SM (the planner then plans for two; experiment 21);
+    ``partials16=True`` stores the split partials of o in 16 bits instead of fp32 (experiment 22).
     """
 
     def __init__(
@@ -105,6 +107,8 @@ class BatchDecodeWithPagedKVCache:
         f16_math: bool = False,
         lazy_rescale: bool | None = None,
         trace: bool = False,
+        two_blocks: bool = False,
+        partials16: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -147,8 +151,9 @@ class BatchDecodeWithPagedKVCache:
                              f"{q_dtype}, fp8_q={fp8_q}")
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
-        if not isinstance(trace, bool):
-            raise ValueError(f"trace: expected a bool, got {trace!r}")
+        for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("partials16", partials16)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name}: expected a bool, got {flag!r}")
 
         self.num_qo_heads, self.num_kv_heads, self.group = num_qo_heads, num_kv_heads, group
         self.head_dim, self.page_size = head_dim, page_size
@@ -160,7 +165,7 @@ class BatchDecodeWithPagedKVCache:
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
-                                  pdl, fp8_q, f16_math, lazy_rescale, trace)
+                                  pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, partials16)
         self._module = None
         self._plan = None
 

@@ -24,6 +24,9 @@
 #ifndef KVP_TRACE
 #define KVP_TRACE 0  // block-timeline trace (the JIT spec's trace flag, experiment 18): diagnostics only
 #endif
+#ifndef KVP_PARTIALS_16
+#define KVP_PARTIALS_16 0  // split partials of o stored in 16 bits, not fp32 (the JIT spec's partials16 flag, experiment 22)
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -179,6 +182,27 @@ __device__ __forceinline__ void pdl_warm_l2(const DecodeParams& p, int b, int sp
       prefetch_l2_line(reinterpret_cast<const uint8_t*>(static_cast<const TKV*>(p.k) + off) + line * 128);
       prefetch_l2_line(reinterpret_cast<const uint8_t*>(static_cast<const TKV*>(p.v) + off) + line * 128);
     }
+  }
+}
+
+// A split's partial o, four columns at a time: fp32, or (experiment 22) 16 bits, which halves what the merging block
+// pulls through its SM's L2 port (66 KB at 33 splits of group 4, head_dim 128).
+template <typename TP>
+__device__ __forceinline__ void store_partial4(TP* dst, float4 v) {
+  if constexpr (std::is_same_v<TP, float>) {
+    *reinterpret_cast<float4*>(dst) = v;
+  } else {
+    *reinterpret_cast<uint2*>(dst) = make_uint2(pack2<TP>(v.x, v.y), pack2<TP>(v.z, v.w));
+  }
+}
+template <typename TP>
+__device__ __forceinline__ float4 load_partial4(const TP* src) {
+  if constexpr (std::is_same_v<TP, float>) {
+    return __ldcg(reinterpret_cast<const float4*>(src));
+  } else {
+    const uint2 u = __ldcg(reinterpret_cast<const uint2*>(src));
+    const float2 lo = unpack2<TP>(u.x), hi = unpack2<TP>(u.y);
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
   }
 }
 
@@ -536,6 +560,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     if (p.lse != nullptr && c4 == 0) p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + r] = lse2 * CUDART_LN2_F;
   };
   const bool single = n_act == 1;
+  // 16-bit partials: fp16 for fp8 KV (raw e4m3 values, |v| <= 448, keep 3 more mantissa bits), else q's type, which V
+  // shares, so a convex combination of V rows always fits
+  using TP = std::conditional_t<KVP_PARTIALS_16, std::conditional_t<C::kFp8, __half, TQ>, float>;
+  TP* part_o = reinterpret_cast<TP*>(p.part_o);
   const int64_t part_row0 = (((int64_t)b * p.num_kv_heads + head) * p.num_splits) * group;
   for (int i = tid; i < group * (D / 4); i += C::kThreads) {
     const int r = i / (D / 4), c4 = i % (D / 4);
@@ -565,7 +593,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
       write_out(r, c4, acc, lse2);
     } else {
       const int64_t row = part_row0 + (int64_t)split * group + r;
-      *reinterpret_cast<float4*>(p.part_o + row * D + c4 * 4) = acc;
+      store_partial4(part_o + row * D + c4 * 4, acc);
       if (c4 == 0) p.part_lse[row] = lse2;
     }
   }
@@ -614,12 +642,12 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   __syncthreads();
   for (int i = tid; i < group * (D / 4); i += C::kThreads) {
     const int r = i / (D / 4), c4 = i % (D / 4);
-    const float* src = p.part_o + (part_row0 + r) * D + c4 * 4;
+    const TP* src = part_o + (part_row0 + r) * D + c4 * 4;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll 8
     for (int s_i = 0; s_i < n_act; ++s_i) {
       const float ws = w[s_i * group + r];
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(src + (int64_t)s_i * group * D));
+      const float4 v = load_partial4(src + (int64_t)s_i * group * D);
       acc.x += ws * v.x;
       acc.y += ws * v.y;
       acc.z += ws * v.z;

@@ -1,6 +1,6 @@
 // tvm-ffi entry points of one specialised decode module. The specialisation comes from -D flags set by the
 // JIT spec (jit_kernels/jit_spec.py): KVP_Q_BF16, KVP_KV_FP8, KVP_HEAD_DIM, KVP_STAGES, KVP_PREFETCH,
-// KVP_PREFETCH_BULK, KVP_PDL, KVP_TRACE (optional).
+// KVP_PREFETCH_BULK, and the experiments' optional flags (KVP_PDL, KVP_TWO_BLOCKS, KVP_PARTIALS_16, KVP_TRACE, ...).
 #include <algorithm>
 
 #include <tvm/ffi/container/tensor.h>
@@ -36,23 +36,45 @@ using Cfg = kvp::DecodeCfg<TQ, TKV, kD, kStages, kPF>;
     TVM_FFI_ICHECK(e_ == cudaSuccess) << "kvprefetch: " #expr ": " << cudaGetErrorString(e_); \
   } while (0)
 
+#ifndef KVP_TWO_BLOCKS
+#define KVP_TWO_BLOCKS 0
+#endif
+
+// Dynamic shared memory of every launch. KVP_TWO_BLOCKS (experiment 21) pads it just past a third of the SM's, so
+// modules that would fit three blocks per SM (fp8 KV, head_dim 64) get two: the slots the planner's short splits
+// use, and no free third slot for the next PDL launch's blocks to crowd onto (run 12c).
+int launch_smem() {
+#if KVP_TWO_BLOCKS
+  static const int bytes = [] {  // one device type per process
+    int dev = 0, per_sm = 0, reserved = 0;
+    KVP_CHECK_CUDA(cudaGetDevice(&dev));
+    KVP_CHECK_CUDA(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
+    KVP_CHECK_CUDA(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev));
+    return std::max(Cfg::kSmemBytes, per_sm / 3 - reserved + 128);  // 128: the allocation unit
+  }();
+  return bytes;
+#else
+  return Cfg::kSmemBytes;
+#endif
+}
+
 void enable_smem() {
   static bool done = false;  // one module per process and specialisation; a benign race sets it twice
   if (!done) {
     KVP_CHECK_CUDA(cudaFuncSetAttribute(kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, launch_smem()));
     done = true;
   }
 }
 
-int64_t smem_bytes() { return Cfg::kSmemBytes; }
+int64_t smem_bytes() { return launch_smem(); }
 
 // Resident blocks per SM for this specialisation: the split planner aims for a few waves of these.
 int64_t blocks_per_sm() {
   enable_smem();
   int n = 0;
   KVP_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &n, kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>, Cfg::kThreads, Cfg::kSmemBytes));
+      &n, kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>, Cfg::kThreads, launch_smem()));
   return n;
 }
 
@@ -110,13 +132,13 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(Cfg::kThreads);
-  cfg.dynamicSmemBytes = Cfg::kSmemBytes;
+  cfg.dynamicSmemBytes = launch_smem();
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   KVP_CHECK_CUDA(cudaLaunchKernelEx(&cfg, kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>, p));
 #else
-  kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk><<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk><<<grid, Cfg::kThreads, launch_smem(), stream>>>(p);
   KVP_CHECK_CUDA(cudaGetLastError());
 #endif
 }

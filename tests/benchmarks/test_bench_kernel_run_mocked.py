@@ -257,3 +257,15 @@ def test_grid_splits_flag_keeps_short_splits_in_a_wider_grid():
     for bad in ("16", "33:16", "0:4", "a:b", "16:65"):
         with pytest.raises(SystemExit):
             kernel_bench.parse_args(["--grid-splits", bad])
+
+
+def test_two_blocks_flag_pairs_with_each_pdl_row():
+    import kernel_grid as kg
+    import kernel_peers as kp
+
+    _, _, kernels = kernel_bench.selected(kernel_bench.parse_args(["--pdl", "--no-pdl", "--two-blocks", "--quick"]))
+    assert {"kvprefetch_pdl", "kvprefetch_nopdl", "kvprefetch_pdl_b2", "kvprefetch_nopdl_b2"} <= set(kernels)
+    _, _, kernels = kernel_bench.selected(kernel_bench.parse_args(["--two-blocks", "--partials16", "--quick"]))
+    assert "kvprefetch_b2" in kernels and "kvprefetch_p16" in kernels
+    cls = kp.variant(**kg.parse_variant("kvprefetch_pdl_b2"))
+    assert cls.two_blocks and cls.pdl and not cls.partials16
