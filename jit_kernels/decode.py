@@ -87,7 +87,8 @@ class BatchDecodeWithPagedKVCache:
     it on for 16-bit KV at head_dim 64 only, where it measured faster on both cards (NOTES.md, run 11);
     ``trace=True`` builds the block-timeline diagnostic (``set_trace``; experiment 18); ``two_blocks=True`` pads
     the launch's shared memory so at most two blocks share an SM (the planner then plans for two; experiment 21);
-    ``partials16=True`` stores the split partials of o in 16 bits instead of fp32 (experiment 22).
+    ``partials16=True`` stores the split partials of o in 16 bits instead of fp32 (experiment 22);
+    ``late_trigger=True`` (with PDL) releases the next launch after the main loop, not at the start (experiment 23).
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class BatchDecodeWithPagedKVCache:
         trace: bool = False,
         two_blocks: bool = False,
         partials16: bool = False,
+        late_trigger: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -151,7 +153,8 @@ class BatchDecodeWithPagedKVCache:
                              f"{q_dtype}, fp8_q={fp8_q}")
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
-        for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("partials16", partials16)):
+        for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("partials16", partials16),
+                           ("late_trigger", late_trigger)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
 
@@ -165,7 +168,9 @@ class BatchDecodeWithPagedKVCache:
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
-                                  pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, partials16)
+                                  pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, partials16, late_trigger)
+        if late_trigger and not self.config.pdl:
+            raise ValueError(f"late_trigger: expected False unless the launch uses PDL (pdl=True), got pdl={pdl!r}")
         self._module = None
         self._plan = None
 

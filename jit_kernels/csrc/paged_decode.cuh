@@ -24,6 +24,9 @@
 #ifndef KVP_TRACE
 #define KVP_TRACE 0  // block-timeline trace (the JIT spec's trace flag, experiment 18): diagnostics only
 #endif
+#ifndef KVP_LATE_TRIGGER
+#define KVP_LATE_TRIGGER 0  // with PDL: release the next launch after the main loop, not at the start (experiment 23)
+#endif
 #ifndef KVP_PARTIALS_16
 #define KVP_PARTIALS_16 0  // split partials of o stored in 16 bits, not fp32 (the JIT spec's partials16 flag, experiment 22)
 #endif
@@ -220,7 +223,9 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   uint64_t tr[kTraceStamps] = {globaltimer_after(0), 0, 0, 0, 0, 0};
 #endif
   if constexpr (KVP_PDL) {
-    griddep_launch_dependents();  // the next launch's blocks may take the slots this grid frees (experiment 20)
+    if constexpr (!KVP_LATE_TRIGGER) {
+      griddep_launch_dependents();  // the next launch's blocks may take the slots this grid frees (experiment 20)
+    }
     pdl_warm_l2<C, TKV>(p, b, split, head, tid, STAGES);
     griddep_wait();
   }
@@ -515,6 +520,11 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   }
   cp_async_wait<0>();
   KVP_STAMP(3, 0);
+  if constexpr (KVP_PDL && KVP_LATE_TRIGGER) {
+    // experiment 23: the next launch comes in once every block is past its loop (idle blocks count as they exit),
+    // when most slots are free at once, so a grid short of the SM's slots does not crowd its successor's blocks
+    griddep_launch_dependents();
+  }
 
   // ---- combine the 4 warps
 #pragma unroll

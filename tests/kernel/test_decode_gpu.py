@@ -339,12 +339,14 @@ def test_many_split_merge_against_reference(hq, hkv, d, kv_fp8):
     assert (lse.double() - ref_lse).abs().max().item() < 1e-3
 
 
-@pytest.mark.parametrize("kv_fp8,d,two_blocks", [(False, 128, False), (True, 128, True), (False, 64, True)])
-def test_pdl_chain_of_launches_sharing_the_workspace(kv_fp8, d, two_blocks):
+@pytest.mark.parametrize("kv_fp8,d,two_blocks,late", [(False, 128, False, False), (True, 128, True, False),
+                                                      (False, 64, True, False), (True, 128, False, True)])
+def test_pdl_chain_of_launches_sharing_the_workspace(kv_fp8, d, two_blocks, late):
     """With PDL every launch lets the next one in at its start (experiment 20): in a graph of back-to-back launches
     where each q is the previous output, sharing one wrapper's partials and split counters, the result equals the
     chain run without PDL bit for bit (same split plan), so no launch reads a predecessor's output or workspace
-    early. Also with two blocks per SM (experiment 21), for the modules that would fit three."""
+    early. Also with two blocks per SM (experiment 21), for the modules that would fit three, and with the release
+    moved after the main loop (experiment 23)."""
     from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 
     gen = torch.Generator("cuda").manual_seed(20 + d + kv_fp8)
@@ -353,7 +355,8 @@ def test_pdl_chain_of_launches_sharing_the_workspace(kv_fp8, d, two_blocks):
     kv = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
     chains = []
     for pdl in (False, True):
-        w = BatchDecodeWithPagedKVCache(32, 8, d, 16, torch.bfloat16, kv, "cuda", pdl=pdl, two_blocks=two_blocks).load()
+        w = BatchDecodeWithPagedKVCache(32, 8, d, 16, torch.bfloat16, kv, "cuda", pdl=pdl, two_blocks=two_blocks,
+                                        late_trigger=late and pdl).load()
         w.plan(inp.indptr, inp.indices, inp.last_len)
         outs = [torch.full_like(inp.q, float("nan")) for _ in range(8)]
 

@@ -34,6 +34,9 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(q_dtype=torch.float16, kv_dtype=torch.float8_e4m3fn, f16_math=True), "f16_math"),  # already fp16 math
     (dict(kv_dtype=torch.float8_e4m3fn, f16_math=1), "f16_math"),
     (dict(lazy_rescale=1), "lazy_rescale"),
+    (dict(two_blocks=1), "two_blocks"),
+    (dict(partials16=None), "partials16"),
+    (dict(pdl=False, late_trigger=True), "late_trigger"),  # only PDL launches have a trigger to move
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -113,6 +116,15 @@ def test_f16_math_is_its_own_module():
     w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", f16_math=True)
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu")
     assert w.config.tag.endswith("_h16") and w.config.defines() == tuned.config.defines() + ["-DKVP_FP8_F16=1"]
+
+
+def test_session11_experiments_are_their_own_modules():
+    tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
+    for kw, tag, define in ((dict(two_blocks=True), "_b2", "-DKVP_TWO_BLOCKS=1"),
+                            (dict(partials16=True), "_p16", "-DKVP_PARTIALS_16=1"),
+                            (dict(late_trigger=True), "_lt", "-DKVP_LATE_TRIGGER=1")):
+        w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", **kw)
+        assert w.config.tag.endswith(tag) and w.config.defines() == tuned.config.defines() + [define]
 
 
 def test_lazy_rescale_is_its_own_module():
