@@ -88,7 +88,9 @@ class BatchDecodeWithPagedKVCache:
     ``trace=True`` builds the block-timeline diagnostic (``set_trace``; experiment 18); ``two_blocks=True`` pads
     the launch's shared memory so at most two blocks share an SM (the planner then plans for two; experiment 21);
     ``partials16=True`` stores the split partials of o in 16 bits instead of fp32 (experiment 22);
-    ``late_trigger=True`` (with PDL) releases the next launch after the main loop, not at the start (experiment 23).
+    ``late_trigger=True`` (with PDL) releases the next launch after the main loop, not at the start (experiment 23);
+    ``hold_idle=True`` (with PDL) keeps a short request's idle blocks in their SM slots until the launch's active
+    blocks are done, and releases the next launch after the main loop where the grid leaves slots free (exp. 24).
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class BatchDecodeWithPagedKVCache:
         two_blocks: bool = False,
         partials16: bool = False,
         late_trigger: bool = False,
+        hold_idle: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -154,7 +157,7 @@ class BatchDecodeWithPagedKVCache:
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("partials16", partials16),
-                           ("late_trigger", late_trigger)):
+                           ("late_trigger", late_trigger), ("hold_idle", hold_idle)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
 
@@ -168,9 +171,11 @@ class BatchDecodeWithPagedKVCache:
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
-                                  pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, partials16, late_trigger)
-        if late_trigger and not self.config.pdl:
-            raise ValueError(f"late_trigger: expected False unless the launch uses PDL (pdl=True), got pdl={pdl!r}")
+                                  pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, partials16, late_trigger,
+                                  hold_idle)
+        for name, flag in (("late_trigger", late_trigger), ("hold_idle", hold_idle)):
+            if flag and not self.config.pdl:
+                raise ValueError(f"{name}: expected False unless the launch uses PDL (pdl=True), got pdl={pdl!r}")
         self._module = None
         self._plan = None
 
@@ -194,7 +199,9 @@ class BatchDecodeWithPagedKVCache:
         rows *= self.group
         self._part_o = torch.empty(rows * self.head_dim, dtype=torch.float32, device=self.device)
         self._part_lse = torch.empty(rows, dtype=torch.float32, device=self.device)
-        self._counters = torch.zeros(self.max_batch_size * self.num_kv_heads, dtype=torch.int32, device=self.device)
+        # one counter per (request, kv head) for the split merge, and one the hold_idle experiment counts blocks in
+        self._counters = torch.zeros(self.max_batch_size * self.num_kv_heads + 1, dtype=torch.int32,
+                                     device=self.device)
         self.workspace_bytes = sum(t.numel() * t.element_size() for t in (self._part_o, self._part_lse, self._counters))
         self._module = mod
         return self

@@ -27,7 +27,8 @@ ARCH_FLAGS = {
 _EXPERIMENT_FLAGS = (("pdl", "-DKVP_PDL=1", "_pdl"), ("fp8_q", "-DKVP_FP8_Q=1", "_q8"),
                      ("f16_math", "-DKVP_FP8_F16=1", "_h16"), ("lazy_rescale", "-DKVP_LAZY_RESCALE=1", "_lr"),
                      ("trace", "-DKVP_TRACE=1", "_tr"), ("two_blocks", "-DKVP_TWO_BLOCKS=1", "_b2"),
-                     ("partials16", "-DKVP_PARTIALS_16=1", "_p16"), ("late_trigger", "-DKVP_LATE_TRIGGER=1", "_lt"))
+                     ("partials16", "-DKVP_PARTIALS_16=1", "_p16"), ("late_trigger", "-DKVP_LATE_TRIGGER=1", "_lt"),
+                     ("hold_idle", "-DKVP_HOLD_IDLE=1", "_hi"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ class DecodeConfig:
     two_blocks: bool = False  # launch smem padded so at most two blocks share an SM (experiment 21)
     partials16: bool = False  # split partials of o in 16 bits instead of fp32 (experiment 22)
     late_trigger: bool = False  # with pdl: release the next launch after the main loop, not at the start (exp. 23)
+    hold_idle: bool = False  # with pdl: idle blocks hold their slot; under-full grids release late (experiment 24)
 
     def defines(self) -> list[str]:
         return [
@@ -72,7 +74,8 @@ STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128,
 def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False,
                 stages: int | None = None, pdl: bool | None = None, fp8_q: bool = False,
                 f16_math: bool = False, lazy_rescale: bool | None = None, trace: bool = False,
-                two_blocks: bool = False, partials16: bool = False, late_trigger: bool = False) -> DecodeConfig:
+                two_blocks: bool = False, partials16: bool = False, late_trigger: bool = False,
+                hold_idle: bool = False) -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q; ``lazy_rescale``
     skips the output rescale while no row max grows by more than 2^8 (None: ``lazy_rescale_default``). The
@@ -80,14 +83,15 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     as experiments; ``trace`` builds the block-timeline diagnostic (benchmarks/block_timeline.py); ``two_blocks``
     pads the launch's shared memory so at most two blocks share an SM (``--two-blocks``); ``partials16`` stores the
     split partials in 16 bits (``--partials16``); ``late_trigger`` (with ``pdl``) releases the next launch after the
-    main loop (``--late-trigger``)."""
+    main loop (``--late-trigger``); ``hold_idle`` (with ``pdl``) keeps idle blocks in their slots until the active
+    ones are done and releases late where the grid leaves slots free (``--hold-idle``)."""
     if lazy_rescale is None:
         lazy_rescale = lazy_rescale_default(kv_fp8, head_dim)
     if pdl is None:
         pdl = pdl_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
                         prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks,
-                        partials16, late_trigger)
+                        partials16, late_trigger, hold_idle)
 
 
 def pdl_default(kv_fp8: bool, head_dim: int) -> bool:

@@ -27,6 +27,9 @@
 #ifndef KVP_LATE_TRIGGER
 #define KVP_LATE_TRIGGER 0  // with PDL: release the next launch after the main loop, not at the start (experiment 23)
 #endif
+#ifndef KVP_HOLD_IDLE
+#define KVP_HOLD_IDLE 0  // with PDL: idle blocks keep their slot until the active ones are done (experiment 24)
+#endif
 #ifndef KVP_PARTIALS_16
 #define KVP_PARTIALS_16 0  // split partials of o stored in 16 bits, not fp32 (the JIT spec's partials16 flag, experiment 22)
 #endif
@@ -93,6 +96,8 @@ struct DecodeParams {
   float score_post;  // cap: cap*log2(e)
   int32_t has_cap;
   float v_scale;
+  int32_t* active_blocks;  // KVP_HOLD_IDLE: this launch's active blocks still running (one int of the workspace)
+  int32_t trigger_late;    // KVP_HOLD_IDLE: the grid leaves slots free, so release the next launch after the loop
 };
 
 template <typename TQ, typename TKV, int D, int STAGES, int PF>
@@ -209,6 +214,21 @@ __device__ __forceinline__ float4 load_partial4(const TP* src) {
   }
 }
 
+// Experiment 24. An idle block (a split a short request does not use) would free its slot at once, and a PDL
+// successor's blocks would crowd into those slots (run 12d); instead it holds the slot until this launch's active
+// blocks are done, so the successor's blocks come in as active ones leave, spread like the active ones were. A
+// performance hint only: the wait is bounded, and a block that sees no active one counted yet leaves at once.
+constexpr int kHoldPolls = 2000, kHoldSleepNs = 200;
+__device__ __forceinline__ void hold_slot(const DecodeParams& p, int tid) {
+  if (tid != 0) return;
+  for (int i = 0; i < kHoldPolls && *reinterpret_cast<volatile int32_t*>(p.active_blocks) > 0; ++i) {
+    __nanosleep(kHoldSleepNs);
+  }
+}
+__device__ __forceinline__ void count_active(const DecodeParams& p, int tid, int delta) {
+  if (KVP_HOLD_IDLE && tid == 0) atomicAdd(p.active_blocks, delta);
+}
+
 template <typename TQ, typename TKV, int D, int STAGES, int PF, bool PF_BULK>
 __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p) {
   using C = DecodeCfg<TQ, TKV, D, STAGES, PF>;
@@ -223,7 +243,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   uint64_t tr[kTraceStamps] = {globaltimer_after(0), 0, 0, 0, 0, 0};
 #endif
   if constexpr (KVP_PDL) {
-    if constexpr (!KVP_LATE_TRIGGER) {
+    if (!KVP_LATE_TRIGGER && !(KVP_HOLD_IDLE && p.trigger_late)) {
       griddep_launch_dependents();  // the next launch's blocks may take the slots this grid frees (experiment 20)
     }
     pdl_warm_l2<C, TKV>(p, b, split, head, tid, STAGES);
@@ -268,9 +288,11 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   const int chunk = split_chunk(len, p);
   const int n_act = (len + chunk - 1) / chunk;
   if (split >= n_act) {
+    if (KVP_HOLD_IDLE && !p.trigger_late) hold_slot(p, tid);  // a late release already keeps the successor out
     KVP_TRACE_OUT(kTrIdle, n_act, 0);
     return;
   }
+  count_active(p, tid, 1);
   const int tok_beg = split * chunk;
   const int tok_end = min(len, tok_beg + chunk);
   const int ntiles = (tok_end - tok_beg + C::kTile - 1) / C::kTile;
@@ -520,7 +542,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   }
   cp_async_wait<0>();
   KVP_STAMP(3, 0);
-  if constexpr (KVP_PDL && KVP_LATE_TRIGGER) {
+  if (KVP_PDL && (KVP_LATE_TRIGGER || (KVP_HOLD_IDLE && p.trigger_late))) {
     // experiment 23: the next launch comes in once every block is past its loop (idle blocks count as they exit),
     // when most slots are free at once, so a grid short of the SM's slots does not crowd its successor's blocks
     griddep_launch_dependents();
@@ -609,6 +631,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   }
   if (single) {
     KVP_STAMP(4, 0);
+    count_active(p, tid, -1);
     KVP_TRACE_OUT(kTrSingle, n_act, ntiles);
     return;
   }
@@ -627,6 +650,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   }
   __syncthreads();
   if (!*flag) {
+    count_active(p, tid, -1);
     KVP_TRACE_OUT(kTrPartial, n_act, ntiles);
     return;
   }
@@ -666,6 +690,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     write_out(r, c4, acc, red_m[r] + log2f(red_l[r]));
   }
   KVP_STAMP(5, 0);
+  count_active(p, tid, -1);
   KVP_TRACE_OUT(kTrMerger, n_act, ntiles);
 }
 

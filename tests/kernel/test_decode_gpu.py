@@ -339,24 +339,25 @@ def test_many_split_merge_against_reference(hq, hkv, d, kv_fp8):
     assert (lse.double() - ref_lse).abs().max().item() < 1e-3
 
 
-@pytest.mark.parametrize("kv_fp8,d,two_blocks,late", [(False, 128, False, False), (True, 128, True, False),
-                                                      (False, 64, True, False), (True, 128, False, True)])
-def test_pdl_chain_of_launches_sharing_the_workspace(kv_fp8, d, two_blocks, late):
+@pytest.mark.parametrize("kv_fp8,d,variant", [(False, 128, {}), (True, 128, dict(two_blocks=True)),
+                                              (False, 64, dict(two_blocks=True)), (True, 128, dict(late_trigger=True)),
+                                              (True, 128, dict(hold_idle=True)), (False, 128, dict(hold_idle=True))])
+def test_pdl_chain_of_launches_sharing_the_workspace(kv_fp8, d, variant):
     """With PDL every launch lets the next one in at its start (experiment 20): in a graph of back-to-back launches
     where each q is the previous output, sharing one wrapper's partials and split counters, the result equals the
     chain run without PDL bit for bit (same split plan), so no launch reads a predecessor's output or workspace
     early. Also with two blocks per SM (experiment 21), for the modules that would fit three, and with the release
-    moved after the main loop (experiment 23)."""
+    moved after the main loop (experiment 23), and with idle blocks holding their slots (experiment 24)."""
     from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 
-    gen = torch.Generator("cuda").manual_seed(20 + d + kv_fp8)
+    gen = torch.Generator("cuda").manual_seed(20 + d + kv_fp8 + len(variant))
     inp = make_paged_inputs([5000, 1, 700, 12000], hq=32, hkv=8, d=d, page_size=16, dtype=torch.bfloat16,
                             kv_fp8=kv_fp8, device="cuda", generator=gen)
     kv = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
     chains = []
     for pdl in (False, True):
-        w = BatchDecodeWithPagedKVCache(32, 8, d, 16, torch.bfloat16, kv, "cuda", pdl=pdl, two_blocks=two_blocks,
-                                        late_trigger=late and pdl).load()
+        settings = variant if pdl else {k: v for k, v in variant.items() if k == "two_blocks"}
+        w = BatchDecodeWithPagedKVCache(32, 8, d, 16, torch.bfloat16, kv, "cuda", pdl=pdl, **settings).load()
         w.plan(inp.indptr, inp.indices, inp.last_len)
         outs = [torch.full_like(inp.q, float("nan")) for _ in range(8)]
 
@@ -376,6 +377,7 @@ def test_pdl_chain_of_launches_sharing_the_workspace(kv_fp8, d, two_blocks, late
         graph.replay()
         torch.cuda.synchronize()
         chains.append(torch.stack(outs))
+        assert not w._counters.any()  # split counters reset, and no block left counted active (hold_idle)
     assert torch.isfinite(chains[1]).all() and torch.equal(chains[0], chains[1])
 
 

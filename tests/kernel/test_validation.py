@@ -37,6 +37,7 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(two_blocks=1), "two_blocks"),
     (dict(partials16=None), "partials16"),
     (dict(pdl=False, late_trigger=True), "late_trigger"),  # only PDL launches have a trigger to move
+    (dict(pdl=False, hold_idle=True), "hold_idle"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -122,7 +123,8 @@ def test_session11_experiments_are_their_own_modules():
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
     for kw, tag, define in ((dict(two_blocks=True), "_b2", "-DKVP_TWO_BLOCKS=1"),
                             (dict(partials16=True), "_p16", "-DKVP_PARTIALS_16=1"),
-                            (dict(late_trigger=True), "_lt", "-DKVP_LATE_TRIGGER=1")):
+                            (dict(late_trigger=True), "_lt", "-DKVP_LATE_TRIGGER=1"),
+                            (dict(hold_idle=True), "_hi", "-DKVP_HOLD_IDLE=1")):
         w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", **kw)
         assert w.config.tag.endswith(tag) and w.config.defines() == tuned.config.defines() + [define]
 
