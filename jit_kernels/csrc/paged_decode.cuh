@@ -217,13 +217,16 @@ __device__ __forceinline__ float4 load_partial4(const TP* src) {
 // Experiment 24. An idle block (a split a short request does not use) would free its slot at once, and a PDL
 // successor's blocks would crowd into those slots (run 12d); instead it holds the slot until this launch's active
 // blocks are done, so the successor's blocks come in as active ones leave, spread like the active ones were. A
-// performance hint only: the wait is bounded, and a block that sees no active one counted yet leaves at once.
-constexpr int kHoldPolls = 2000, kHoldSleepNs = 200;
+// performance hint only: the wait is bounded. The active blocks count themselves in after the same length read the
+// idle one makes, so it first gives them ~2 us to appear (run 13c: without that grace most idle blocks saw zero and
+// left at once); one that sees none leaves then.
+constexpr int kHoldFirstPolls = 10, kHoldPolls = 2000, kHoldSleepNs = 200;
 __device__ __forceinline__ void hold_slot(const DecodeParams& p, int tid) {
   if (tid != 0) return;
-  for (int i = 0; i < kHoldPolls && *reinterpret_cast<volatile int32_t*>(p.active_blocks) > 0; ++i) {
-    __nanosleep(kHoldSleepNs);
-  }
+  const volatile int32_t* active = p.active_blocks;
+  int i = 0;
+  while (*active == 0 && ++i < kHoldFirstPolls) __nanosleep(kHoldSleepNs);
+  for (i = 0; i < kHoldPolls && *active > 0; ++i) __nanosleep(kHoldSleepNs);
 }
 __device__ __forceinline__ void count_active(const DecodeParams& p, int tid, int delta) {
   if (KVP_HOLD_IDLE && tid == 0) atomicAdd(p.active_blocks, delta);
