@@ -40,7 +40,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     help="short requests use S splits in a grid G splits wide (kernel_bench's experiment-15 override)")
     ap.add_argument("--two-blocks", action="store_true", help="both modules with at most two blocks per SM (exp. 21)")
     ap.add_argument("--late-trigger", action="store_true", help="with --pdl: release the next launch after the loop (23)")
-    ap.add_argument("--hold-idle", action="store_true", help="with --pdl: idle blocks hold their slots (24)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.shape_list = parse_shapes(args.shapes)
@@ -52,7 +51,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def measure(shape, layers: int, device, pdl: Optional[bool] = None, grid_splits=None, two_blocks: bool = False,
-            late_trigger: bool = False, hold_idle: bool = False) -> dict:
+            late_trigger: bool = False) -> dict:
     import torch
 
     from kernel_peers import Q_TORCH, Problem, _fixed_splits
@@ -63,8 +62,7 @@ def measure(shape, layers: int, device, pdl: Optional[bool] = None, grid_splits=
     wrappers = {}
     for trace in (False, True):
         w = cls(shape.num_qo_heads, shape.num_kv_heads, shape.head_dim, shape.page_size, Q_TORCH, prob.kv_dtype, device,
-                max_batch_size=256, trace=trace, pdl=pdl, two_blocks=two_blocks, late_trigger=late_trigger,
-                hold_idle=hold_idle)
+                max_batch_size=256, trace=trace, pdl=pdl, two_blocks=two_blocks, late_trigger=late_trigger or None)
         w.plan(prob.kv_indptr, prob.kv_indices, prob.kv_last_page_len)
         wrappers[trace] = w
     out = torch.empty_like(prob.q)
@@ -110,8 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         shape = kg.Shape(batch, ctx, args.page_size, 32, 8, args.head_dim, args.kv)
         layers = max(2, min(args.layers, int(0.6 * torch.cuda.mem_get_info()[0] // max(shape.pool_bytes, 1))))
         rows.append(measure(shape, layers, device, True if args.pdl else False if args.no_pdl else None,
-                            args.grid_splits, args.two_blocks, args.late_trigger,
-                            args.hold_idle))
+                            args.grid_splits, args.two_blocks, args.late_trigger))
         r = rows[-1]
         print(f"{r['shape']}: {r['us_per_layer']:.1f} us/layer (trace build {r['us_per_layer_trace']:.1f}), "
               f"span {r['summary']['median']['span']:.1f} us, err {r['max_rel_err']:.1e}", flush=True)
@@ -119,13 +116,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     doc = {"device": props.name, "sms": props.multi_processor_count, **rio.stamp(),
            "config": {"page_size": args.page_size, "kv": args.kv, "head_dim": args.head_dim, "pdl_flag": "pdl" if args.pdl else "no_pdl" if args.no_pdl else None,
                       "grid_splits": args.grid_splits, "two_blocks": args.two_blocks,
-                      "late_trigger": args.late_trigger, "hold_idle": args.hold_idle},
+                      "late_trigger": args.late_trigger},
            "rows": rows}
     slug += "-pdl" if args.pdl else "-nopdl" if args.no_pdl else ""
     slug += f"-x{args.grid_splits[0]}g{args.grid_splits[1]}" if args.grid_splits else ""
     slug += "-b2" if args.two_blocks else ""
     slug += "-lt" if args.late_trigger else ""
-    slug += "-hi" if args.hold_idle else ""
     rio.write_json(args.out / f"timeline-{slug}.json", doc)
     md = (f"# Block timeline (experiment 18) — {props.name}\n\ncommit `{doc['commit']}`; page {args.page_size}, "
           f"KV {args.kv}, head_dim {args.head_dim}, 32/8 heads{', PDL' if args.pdl else ', no PDL' if args.no_pdl else ''}; medians over the "

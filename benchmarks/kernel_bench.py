@@ -80,14 +80,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--two-blocks", action="store_true",
                     help="also run kvprefetch with at most two blocks per SM (kernel kvprefetch_b2, and "
                          "kvprefetch_pdl_b2 / kvprefetch_nopdl_b2 with --pdl / --no-pdl; experiment 21)")
-    ap.add_argument("--partials16", action="store_true",
-                    help="also run kvprefetch with 16-bit split partials (kernel kvprefetch_p16; experiment 22)")
     ap.add_argument("--late-trigger", action="store_true",
                     help="also run kvprefetch with PDL released after the main loop (kernel kvprefetch_pdl_lt; "
                          "experiment 23)")
-    ap.add_argument("--hold-idle", action="store_true",
-                    help="also run kvprefetch with PDL whose idle blocks hold their slots (kernel kvprefetch_pdl_hi; "
-                         "experiment 24)")
     ap.add_argument("--splits", type=int, nargs="+", default=[], metavar="N",
                     help="also run kvprefetch with N KV splits per (request, kv head) instead of the planner's "
                          "(kernel kvprefetch_xN; experiment)")
@@ -121,13 +116,11 @@ def _split_in_grid(text: str) -> tuple:
 
 def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """The kvprefetch variants asked for with --stages / --pdl / --no-pdl / --fp8-q / --f16-math / --lazy-rescale /
-    --two-blocks / --partials16 / --late-trigger / --hold-idle / --splits, as kernel_peers.variant() arguments."""
+    --two-blocks / --late-trigger / --splits, as kernel_peers.variant() arguments."""
     pdls = [p for p, on in ((True, args.pdl), (False, args.no_pdl)) if on]
     return ([dict(stages=n) for n in args.stages] + [dict(pdl=p) for p in pdls]
             + ([dict(pdl=p, two_blocks=True) for p in pdls or [None]] if args.two_blocks else [])
-            + ([dict(partials16=True)] if args.partials16 else [])
             + ([dict(pdl=True, late_trigger=True)] if args.late_trigger else [])
-            + ([dict(pdl=True, hold_idle=True)] if args.hold_idle else [])
             + ([dict(fp8_q=True)] if args.fp8_q else []) + ([dict(f16_math=True)] if args.f16_math else [])
             + ([dict(lazy_rescale=True)] if args.lazy_rescale else [])
             + ([dict(f16_math=True, lazy_rescale=True)] if args.f16_math and args.lazy_rescale else [])

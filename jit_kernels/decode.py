@@ -76,7 +76,7 @@ class BatchDecodeWithPagedKVCache:
     ``kv_indices [nnz_pages]`` and ``kv_last_page_len [B]`` (int32).
 
     Experiments (the tuned defaults are what the benchmarks report): ``stages`` overrides the cp.async ring depth;
-    ``pdl`` (None: ``pdl_default``, on for 16-bit KV at head_dim 128) launches with programmatic dependent launch:
+    ``pdl`` (None: ``pdl_default``, on for 16-bit KV at head_dim 64 and 128) launches with programmatic dependent launch:
     each block lets the next kernel in the stream launch at once, and warms L2 with its first tiles while the
     previous kernel finishes (it waits for that kernel before reading anything it may write);
     ``fp8_q=True`` (fp8 KV only) rounds q to e4m3 and runs Q K^T on e4m3 tensor cores, as SGLang's fa3 backend
@@ -87,10 +87,8 @@ class BatchDecodeWithPagedKVCache:
     it on for 16-bit KV at head_dim 64 only, where it measured faster on both cards (NOTES.md, run 11);
     ``trace=True`` builds the block-timeline diagnostic (``set_trace``; experiment 18); ``two_blocks=True`` pads
     the launch's shared memory so at most two blocks share an SM (the planner then plans for two; experiment 21);
-    ``partials16=True`` stores the split partials of o in 16 bits instead of fp32 (experiment 22);
     ``late_trigger=True`` (with PDL) releases the next launch after the main loop, not at the start (experiment 23);
-    ``hold_idle=True`` (with PDL) keeps a short request's idle blocks in their SM slots until the launch's active
-    blocks are done, and releases the next launch after the main loop where the grid leaves slots free (exp. 24).
+    the default (None) turns it on where PDL is on for 16-bit KV at head_dim 64 (NOTES.md, run 13).
     """
 
     def __init__(
@@ -111,9 +109,7 @@ class BatchDecodeWithPagedKVCache:
         lazy_rescale: bool | None = None,
         trace: bool = False,
         two_blocks: bool = False,
-        partials16: bool = False,
-        late_trigger: bool = False,
-        hold_idle: bool = False,
+        late_trigger: bool | None = None,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -156,10 +152,11 @@ class BatchDecodeWithPagedKVCache:
                              f"{q_dtype}, fp8_q={fp8_q}")
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
-        for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("partials16", partials16),
-                           ("late_trigger", late_trigger), ("hold_idle", hold_idle)):
+        for name, flag in (("trace", trace), ("two_blocks", two_blocks)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
+        if late_trigger is not None and not isinstance(late_trigger, bool):
+            raise ValueError(f"late_trigger: expected a bool or None, got {late_trigger!r}")
 
         self.num_qo_heads, self.num_kv_heads, self.group = num_qo_heads, num_kv_heads, group
         self.head_dim, self.page_size = head_dim, page_size
@@ -171,11 +168,9 @@ class BatchDecodeWithPagedKVCache:
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
-                                  pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, partials16, late_trigger,
-                                  hold_idle)
-        for name, flag in (("late_trigger", late_trigger), ("hold_idle", hold_idle)):
-            if flag and not self.config.pdl:
-                raise ValueError(f"{name}: expected False unless the launch uses PDL (pdl=True), got pdl={pdl!r}")
+                                  pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger)
+        if late_trigger and not self.config.pdl:
+            raise ValueError(f"late_trigger: expected False or None unless the launch uses PDL, got pdl={pdl!r}")
         self._module = None
         self._plan = None
 
@@ -199,9 +194,7 @@ class BatchDecodeWithPagedKVCache:
         rows *= self.group
         self._part_o = torch.empty(rows * self.head_dim, dtype=torch.float32, device=self.device)
         self._part_lse = torch.empty(rows, dtype=torch.float32, device=self.device)
-        # one counter per (request, kv head) for the split merge, and one the hold_idle experiment counts blocks in
-        self._counters = torch.zeros(self.max_batch_size * self.num_kv_heads + 1, dtype=torch.int32,
-                                     device=self.device)
+        self._counters = torch.zeros(self.max_batch_size * self.num_kv_heads, dtype=torch.int32, device=self.device)
         self.workspace_bytes = sum(t.numel() * t.element_size() for t in (self._part_o, self._part_lse, self._counters))
         self._module = mod
         return self

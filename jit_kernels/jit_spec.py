@@ -27,8 +27,7 @@ ARCH_FLAGS = {
 _EXPERIMENT_FLAGS = (("pdl", "-DKVP_PDL=1", "_pdl"), ("fp8_q", "-DKVP_FP8_Q=1", "_q8"),
                      ("f16_math", "-DKVP_FP8_F16=1", "_h16"), ("lazy_rescale", "-DKVP_LAZY_RESCALE=1", "_lr"),
                      ("trace", "-DKVP_TRACE=1", "_tr"), ("two_blocks", "-DKVP_TWO_BLOCKS=1", "_b2"),
-                     ("partials16", "-DKVP_PARTIALS_16=1", "_p16"), ("late_trigger", "-DKVP_LATE_TRIGGER=1", "_lt"),
-                     ("hold_idle", "-DKVP_HOLD_IDLE=1", "_hi"))
+                     ("late_trigger", "-DKVP_LATE_TRIGGER=1", "_lt"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +44,7 @@ class DecodeConfig:
     lazy_rescale: bool = False  # rescale the output accumulators only when a row max grows by > 2^8 (experiment 17)
     trace: bool = False  # every block records its timeline into a buffer set by set_trace (experiment 18)
     two_blocks: bool = False  # launch smem padded so at most two blocks share an SM (experiment 21)
-    partials16: bool = False  # split partials of o in 16 bits instead of fp32 (experiment 22)
     late_trigger: bool = False  # with pdl: release the next launch after the main loop, not at the start (exp. 23)
-    hold_idle: bool = False  # with pdl: idle blocks hold their slot; under-full grids release late (experiment 24)
 
     def defines(self) -> list[str]:
         return [
@@ -74,32 +71,40 @@ STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128,
 def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False,
                 stages: int | None = None, pdl: bool | None = None, fp8_q: bool = False,
                 f16_math: bool = False, lazy_rescale: bool | None = None, trace: bool = False,
-                two_blocks: bool = False, partials16: bool = False, late_trigger: bool = False,
-                hold_idle: bool = False) -> DecodeConfig:
+                two_blocks: bool = False, late_trigger: bool | None = None) -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q; ``lazy_rescale``
     skips the output rescale while no row max grows by more than 2^8 (None: ``lazy_rescale_default``). The
     benchmark's ``--stages`` / ``--pdl`` / ``--no-pdl`` / ``--fp8-q`` / ``--f16-math`` / ``--lazy-rescale`` run them
     as experiments; ``trace`` builds the block-timeline diagnostic (benchmarks/block_timeline.py); ``two_blocks``
-    pads the launch's shared memory so at most two blocks share an SM (``--two-blocks``); ``partials16`` stores the
-    split partials in 16 bits (``--partials16``); ``late_trigger`` (with ``pdl``) releases the next launch after the
-    main loop (``--late-trigger``); ``hold_idle`` (with ``pdl``) keeps idle blocks in their slots until the active
-    ones are done and releases late where the grid leaves slots free (``--hold-idle``)."""
+    pads the launch's shared memory so at most two blocks share an SM (``--two-blocks``); ``late_trigger`` (with
+    ``pdl``) releases the next launch after the main loop (``--late-trigger``; None: ``late_trigger_default``)."""
     if lazy_rescale is None:
         lazy_rescale = lazy_rescale_default(kv_fp8, head_dim)
     if pdl is None:
         pdl = pdl_default(kv_fp8, head_dim)
+    if late_trigger is None:
+        late_trigger = pdl and late_trigger_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
                         prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks,
-                        partials16, late_trigger, hold_idle)
+                        late_trigger)
 
 
 def pdl_default(kv_fp8: bool, head_dim: int) -> bool:
-    """On where run 12 measured it faster: 16-bit KV at head_dim 128 (two blocks per SM), where the next launch's
-    start and page-table walk overlap this one's tail and merge (experiment 20: geomean −4 … −5 %, −1 … −4 µs
-    per layer on every split shape of the H100 grids). The three-blocks-per-SM modules (fp8 KV, head_dim 64) lost up to
-    14 % with it and head_dim 256 is unmeasured, so they launch plainly."""
-    return head_dim == 128 and not kv_fp8
+    """On where it measured faster: 16-bit KV at head_dim 128 (two blocks per SM), where the next launch's start and
+    page-table walk overlap this one's tail and merge (run 12, experiment 20: geomean −4 … −5 %, −1 … −4 µs per layer
+    on every split shape of the H100 grids), and at head_dim 64 with the late release (``late_trigger_default``).
+    fp8 KV lost with either release (run 13: up to +14 % at the start, +4 % after the loop) and head_dim 256 is
+    unmeasured, so they launch plainly."""
+    return head_dim in (64, 128) and not kv_fp8
+
+
+def late_trigger_default(kv_fp8: bool, head_dim: int) -> bool:
+    """With PDL, release the next launch after the main loop where that measured faster: 16-bit KV at head_dim 64,
+    three blocks per SM (run 13, experiment 23: geomean −3.4 … −3.8 % against the plain launch, 1 × 1K −11 %, no shape
+    more than 1.05 % slower). Released at the start, such a module lets the next launch's blocks crowd into the slot
+    its short plan leaves free."""
+    return head_dim == 64 and not kv_fp8
 
 
 def lazy_rescale_default(kv_fp8: bool, head_dim: int) -> bool:

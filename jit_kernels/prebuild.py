@@ -37,7 +37,7 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config("bf16", False, 128, pf) for pf in (1, 4)]
         cfgs += [make_config("bf16", False, 128, 2, prefetch_bulk=True)]
         # the experiments' modules (kernel_bench --stages 6 / --pdl / --no-pdl / --fp8-q / --f16-math / --lazy-rescale
-        # / --two-blocks / --partials16 / --late-trigger / --hold-idle,
+        # / --two-blocks / --late-trigger,
         # their GPU tests, and benchmarks/block_timeline.py's trace builds with and without PDL)
         base = [("bf16", False, 128), ("bf16", False, 64), ("bf16", True, 128)]
         cfgs += [make_config(q, fp8, d, 0, stages=6) for q, fp8, d in base]
@@ -50,11 +50,8 @@ def configs(which: str) -> list[DecodeConfig]:
         three = base[1:]  # the modules that fit three blocks per SM (--two-blocks; experiment 21)
         cfgs += [make_config(q, fp8, d, 0, pdl=p, two_blocks=True) for q, fp8, d in three for p in (False, True)]
         cfgs += [make_config(q, fp8, d, 0, trace=True, pdl=True, two_blocks=True) for q, fp8, d in three]
-        cfgs += [make_config(q, fp8, d, 0, partials16=True) for q, fp8, d in base]  # --partials16 (experiment 22)
         cfgs += [make_config(q, fp8, d, 0, pdl=True, late_trigger=True, trace=t) for q, fp8, d in three
                  for t in (False, True)]  # --late-trigger (experiment 23)
-        cfgs += [make_config(q, fp8, d, 0, pdl=True, hold_idle=True, trace=t) for q, fp8, d in base
-                 for t in (False, True)]  # --hold-idle (experiment 24)
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
 
 

@@ -27,12 +27,6 @@
 #ifndef KVP_LATE_TRIGGER
 #define KVP_LATE_TRIGGER 0  // with PDL: release the next launch after the main loop, not at the start (experiment 23)
 #endif
-#ifndef KVP_HOLD_IDLE
-#define KVP_HOLD_IDLE 0  // with PDL: idle blocks keep their slot until the active ones are done (experiment 24)
-#endif
-#ifndef KVP_PARTIALS_16
-#define KVP_PARTIALS_16 0  // split partials of o stored in 16 bits, not fp32 (the JIT spec's partials16 flag, experiment 22)
-#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -96,8 +90,6 @@ struct DecodeParams {
   float score_post;  // cap: cap*log2(e)
   int32_t has_cap;
   float v_scale;
-  int32_t* active_blocks;  // KVP_HOLD_IDLE: this launch's active blocks still running (one int of the workspace)
-  int32_t trigger_late;    // KVP_HOLD_IDLE: the grid leaves slots free, so release the next launch after the loop
 };
 
 template <typename TQ, typename TKV, int D, int STAGES, int PF>
@@ -193,45 +185,6 @@ __device__ __forceinline__ void pdl_warm_l2(const DecodeParams& p, int b, int sp
   }
 }
 
-// A split's partial o, four columns at a time: fp32, or (experiment 22) 16 bits, which halves what the merging block
-// pulls through its SM's L2 port (66 KB at 33 splits of group 4, head_dim 128).
-template <typename TP>
-__device__ __forceinline__ void store_partial4(TP* dst, float4 v) {
-  if constexpr (std::is_same_v<TP, float>) {
-    *reinterpret_cast<float4*>(dst) = v;
-  } else {
-    *reinterpret_cast<uint2*>(dst) = make_uint2(pack2<TP>(v.x, v.y), pack2<TP>(v.z, v.w));
-  }
-}
-template <typename TP>
-__device__ __forceinline__ float4 load_partial4(const TP* src) {
-  if constexpr (std::is_same_v<TP, float>) {
-    return __ldcg(reinterpret_cast<const float4*>(src));
-  } else {
-    const uint2 u = __ldcg(reinterpret_cast<const uint2*>(src));
-    const float2 lo = unpack2<TP>(u.x), hi = unpack2<TP>(u.y);
-    return make_float4(lo.x, lo.y, hi.x, hi.y);
-  }
-}
-
-// Experiment 24. An idle block (a split a short request does not use) would free its slot at once, and a PDL
-// successor's blocks would crowd into those slots (run 12d); instead it holds the slot until this launch's active
-// blocks are done, so the successor's blocks come in as active ones leave, spread like the active ones were. A
-// performance hint only: the wait is bounded. The active blocks count themselves in after the same length read the
-// idle one makes, so it first gives them ~2 us to appear (run 13c: without that grace most idle blocks saw zero and
-// left at once); one that sees none leaves then.
-constexpr int kHoldFirstPolls = 10, kHoldPolls = 2000, kHoldSleepNs = 200;
-__device__ __forceinline__ void hold_slot(const DecodeParams& p, int tid) {
-  if (tid != 0) return;
-  const volatile int32_t* active = p.active_blocks;
-  int i = 0;
-  while (*active == 0 && ++i < kHoldFirstPolls) __nanosleep(kHoldSleepNs);
-  for (i = 0; i < kHoldPolls && *active > 0; ++i) __nanosleep(kHoldSleepNs);
-}
-__device__ __forceinline__ void count_active(const DecodeParams& p, int tid, int delta) {
-  if (KVP_HOLD_IDLE && tid == 0) atomicAdd(p.active_blocks, delta);
-}
-
 template <typename TQ, typename TKV, int D, int STAGES, int PF, bool PF_BULK>
 __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p) {
   using C = DecodeCfg<TQ, TKV, D, STAGES, PF>;
@@ -246,7 +199,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   uint64_t tr[kTraceStamps] = {globaltimer_after(0), 0, 0, 0, 0, 0};
 #endif
   if constexpr (KVP_PDL) {
-    if (!KVP_LATE_TRIGGER && !(KVP_HOLD_IDLE && p.trigger_late)) {
+    if constexpr (!KVP_LATE_TRIGGER) {
       griddep_launch_dependents();  // the next launch's blocks may take the slots this grid frees (experiment 20)
     }
     pdl_warm_l2<C, TKV>(p, b, split, head, tid, STAGES);
@@ -291,11 +244,9 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   const int chunk = split_chunk(len, p);
   const int n_act = (len + chunk - 1) / chunk;
   if (split >= n_act) {
-    if (KVP_HOLD_IDLE && !p.trigger_late) hold_slot(p, tid);  // a late release already keeps the successor out
     KVP_TRACE_OUT(kTrIdle, n_act, 0);
     return;
   }
-  count_active(p, tid, 1);
   const int tok_beg = split * chunk;
   const int tok_end = min(len, tok_beg + chunk);
   const int ntiles = (tok_end - tok_beg + C::kTile - 1) / C::kTile;
@@ -545,7 +496,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   }
   cp_async_wait<0>();
   KVP_STAMP(3, 0);
-  if (KVP_PDL && (KVP_LATE_TRIGGER || (KVP_HOLD_IDLE && p.trigger_late))) {
+  if constexpr (KVP_PDL && KVP_LATE_TRIGGER) {
     // experiment 23: the next launch comes in once every block is past its loop (idle blocks count as they exit),
     // when most slots are free at once, so a grid short of the SM's slots does not crowd its successor's blocks
     griddep_launch_dependents();
@@ -595,10 +546,6 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     if (p.lse != nullptr && c4 == 0) p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + r] = lse2 * CUDART_LN2_F;
   };
   const bool single = n_act == 1;
-  // 16-bit partials: fp16 for fp8 KV (raw e4m3 values, |v| <= 448, keep 3 more mantissa bits), else q's type, which V
-  // shares, so a convex combination of V rows always fits
-  using TP = std::conditional_t<KVP_PARTIALS_16, std::conditional_t<C::kFp8, __half, TQ>, float>;
-  TP* part_o = reinterpret_cast<TP*>(p.part_o);
   const int64_t part_row0 = (((int64_t)b * p.num_kv_heads + head) * p.num_splits) * group;
   for (int i = tid; i < group * (D / 4); i += C::kThreads) {
     const int r = i / (D / 4), c4 = i % (D / 4);
@@ -628,13 +575,12 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
       write_out(r, c4, acc, lse2);
     } else {
       const int64_t row = part_row0 + (int64_t)split * group + r;
-      store_partial4(part_o + row * D + c4 * 4, acc);
+      *reinterpret_cast<float4*>(p.part_o + row * D + c4 * 4) = acc;
       if (c4 == 0) p.part_lse[row] = lse2;
     }
   }
   if (single) {
     KVP_STAMP(4, 0);
-    count_active(p, tid, -1);
     KVP_TRACE_OUT(kTrSingle, n_act, ntiles);
     return;
   }
@@ -653,7 +599,6 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   }
   __syncthreads();
   if (!*flag) {
-    count_active(p, tid, -1);
     KVP_TRACE_OUT(kTrPartial, n_act, ntiles);
     return;
   }
@@ -679,12 +624,12 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   __syncthreads();
   for (int i = tid; i < group * (D / 4); i += C::kThreads) {
     const int r = i / (D / 4), c4 = i % (D / 4);
-    const TP* src = part_o + (part_row0 + r) * D + c4 * 4;
+    const float* src = p.part_o + (part_row0 + r) * D + c4 * 4;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll 8
     for (int s_i = 0; s_i < n_act; ++s_i) {
       const float ws = w[s_i * group + r];
-      const float4 v = load_partial4(src + (int64_t)s_i * group * D);
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(src + (int64_t)s_i * group * D));
       acc.x += ws * v.x;
       acc.y += ws * v.y;
       acc.z += ws * v.z;
@@ -693,7 +638,6 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     write_out(r, c4, acc, red_m[r] + log2f(red_l[r]));
   }
   KVP_STAMP(5, 0);
-  count_active(p, tid, -1);
   KVP_TRACE_OUT(kTrMerger, n_act, ntiles);
 }
 

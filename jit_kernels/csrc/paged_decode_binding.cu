@@ -1,6 +1,6 @@
 // tvm-ffi entry points of one specialised decode module. The specialisation comes from -D flags set by the
 // JIT spec (jit_kernels/jit_spec.py): KVP_Q_BF16, KVP_KV_FP8, KVP_HEAD_DIM, KVP_STAGES, KVP_PREFETCH,
-// KVP_PREFETCH_BULK, and the experiments' optional flags (KVP_PDL, KVP_TWO_BLOCKS, KVP_PARTIALS_16, KVP_TRACE, ...).
+// KVP_PREFETCH_BULK, and the experiments' optional flags (KVP_PDL, KVP_LATE_TRIGGER, KVP_TWO_BLOCKS, KVP_TRACE, ...).
 #include <algorithm>
 
 #include <tvm/ffi/container/tensor.h>
@@ -78,17 +78,6 @@ int64_t blocks_per_sm() {
   return n;
 }
 
-// Block slots of the device for this specialisation (SMs x resident blocks), once per process.
-int64_t grid_slots() {
-  static const int64_t slots = [] {
-    int dev = 0, sms = 0;
-    KVP_CHECK_CUDA(cudaGetDevice(&dev));
-    KVP_CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return sms * blocks_per_sm();
-  }();
-  return slots;
-}
-
 // q [B, Hq, D]; k/v [P, page, Hkv, D] (or [slots, Hkv, D] with page 1); o [B, Hq, D]; lse [B, Hq] f32.
 void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView indices, TensorView last_len,
          TensorView o, Optional<TensorView> lse, TensorView part_o, TensorView part_lse, TensorView counters,
@@ -129,10 +118,6 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   p.score_post = static_cast<float>(score_post);
   p.has_cap = static_cast<int32_t>(has_cap);
   p.v_scale = static_cast<float>(v_scale);
-  // the last counter is the hold-idle experiment's count of active blocks (the wrapper allocates one more)
-  p.active_blocks = p.counters + counters.size(0) - 1;
-  // a grid that leaves over a tenth of the slots free releases its successor only after the main loop (experiment 24)
-  p.trigger_late = batch * num_kv_heads * num_splits * 10 < grid_slots() * 9;
 
   enable_smem();
   const dim3 grid(static_cast<unsigned>(num_kv_heads), static_cast<unsigned>(batch),

@@ -265,7 +265,7 @@ def test_two_blocks_flag_pairs_with_each_pdl_row():
 
     _, _, kernels = kernel_bench.selected(kernel_bench.parse_args(["--pdl", "--no-pdl", "--two-blocks", "--quick"]))
     assert {"kvprefetch_pdl", "kvprefetch_nopdl", "kvprefetch_pdl_b2", "kvprefetch_nopdl_b2"} <= set(kernels)
-    _, _, kernels = kernel_bench.selected(kernel_bench.parse_args(["--two-blocks", "--partials16", "--quick"]))
-    assert "kvprefetch_b2" in kernels and "kvprefetch_p16" in kernels
+    _, _, kernels = kernel_bench.selected(kernel_bench.parse_args(["--two-blocks", "--late-trigger", "--quick"]))
+    assert "kvprefetch_b2" in kernels and "kvprefetch_pdl_lt" in kernels
     cls = kp.variant(**kg.parse_variant("kvprefetch_pdl_b2"))
-    assert cls.two_blocks and cls.pdl and not cls.partials16
+    assert cls.two_blocks and cls.pdl and cls.late_trigger is None  # None: the product's release

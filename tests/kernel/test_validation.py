@@ -35,9 +35,8 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(kv_dtype=torch.float8_e4m3fn, f16_math=1), "f16_math"),
     (dict(lazy_rescale=1), "lazy_rescale"),
     (dict(two_blocks=1), "two_blocks"),
-    (dict(partials16=None), "partials16"),
     (dict(pdl=False, late_trigger=True), "late_trigger"),  # only PDL launches have a trigger to move
-    (dict(pdl=False, hold_idle=True), "hold_idle"),
+    (dict(late_trigger=1), "late_trigger"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -119,12 +118,10 @@ def test_f16_math_is_its_own_module():
     assert w.config.tag.endswith("_h16") and w.config.defines() == tuned.config.defines() + ["-DKVP_FP8_F16=1"]
 
 
-def test_session11_experiments_are_their_own_modules():
+def test_two_blocks_and_late_trigger_are_their_own_modules():
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
     for kw, tag, define in ((dict(two_blocks=True), "_b2", "-DKVP_TWO_BLOCKS=1"),
-                            (dict(partials16=True), "_p16", "-DKVP_PARTIALS_16=1"),
-                            (dict(late_trigger=True), "_lt", "-DKVP_LATE_TRIGGER=1"),
-                            (dict(hold_idle=True), "_hi", "-DKVP_HOLD_IDLE=1")):
+                            (dict(late_trigger=True), "_lt", "-DKVP_LATE_TRIGGER=1")):
         w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", **kw)
         assert w.config.tag.endswith(tag) and w.config.defines() == tuned.config.defines() + [define]
 
@@ -144,12 +141,14 @@ def test_lazy_rescale_default_only_where_measured_faster(kv, d, on):
 
 
 @pytest.mark.parametrize("kv,d,on", [(torch.bfloat16, 128, True), (torch.float16, 128, True),
-                                     (torch.bfloat16, 64, False), (torch.bfloat16, 256, False),
-                                     (torch.float8_e4m3fn, 128, False)])
+                                     (torch.bfloat16, 64, True), (torch.bfloat16, 256, False),
+                                     (torch.float8_e4m3fn, 128, False), (torch.float8_e4m3fn, 64, False)])
 def test_pdl_default_only_where_measured_faster(kv, d, on):
     q = torch.float16 if kv == torch.float16 else torch.bfloat16
-    assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu").config.pdl is on
+    cfg = BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu").config
+    assert cfg.pdl is on and cfg.late_trigger is (on and d == 64)  # head_dim 64 releases after the loop (run 13)
     assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu", pdl=not on).config.pdl is (not on)
+    assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu", pdl=False).config.late_trigger is False
 
 
 def test_prebuild_sets_name_each_module_once():
