@@ -167,8 +167,9 @@ class BatchDecodeWithPagedKVCache:
         self.max_batch_size = max_batch_size
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
+        gpu_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" and torch.cuda.is_available() else ""
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
-                                  pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger)
+                                  pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name)
         if late_trigger and not self.config.pdl:
             raise ValueError(f"late_trigger: expected False or None unless the launch uses PDL, got pdl={pdl!r}")
         self._module = None

@@ -71,18 +71,19 @@ STAGES = {(64, False): 4, (128, False): 3, (256, False): 2, (64, True): 4, (128,
 def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefetch_bulk: bool = False,
                 stages: int | None = None, pdl: bool | None = None, fp8_q: bool = False,
                 f16_math: bool = False, lazy_rescale: bool | None = None, trace: bool = False,
-                two_blocks: bool = False, late_trigger: bool | None = None) -> DecodeConfig:
+                two_blocks: bool = False, late_trigger: bool | None = None, gpu_name: str = "") -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q; ``lazy_rescale``
     skips the output rescale while no row max grows by more than 2^8 (None: ``lazy_rescale_default``). The
     benchmark's ``--stages`` / ``--pdl`` / ``--no-pdl`` / ``--fp8-q`` / ``--f16-math`` / ``--lazy-rescale`` run them
     as experiments; ``trace`` builds the block-timeline diagnostic (benchmarks/block_timeline.py); ``two_blocks``
     pads the launch's shared memory so at most two blocks share an SM (``--two-blocks``); ``late_trigger`` (with
-    ``pdl``) releases the next launch after the main loop (``--late-trigger``; None: ``late_trigger_default``)."""
+    ``pdl``) releases the next launch after the main loop (``--late-trigger``; None: ``late_trigger_default``).
+    ``gpu_name`` (``torch.cuda.get_device_name``) picks the defaults measured on that card; "" means the H100's."""
     if lazy_rescale is None:
         lazy_rescale = lazy_rescale_default(kv_fp8, head_dim)
     if pdl is None:
-        pdl = pdl_default(kv_fp8, head_dim)
+        pdl = pdl_default(kv_fp8, head_dim, gpu_name)
     if late_trigger is None:
         late_trigger = pdl and late_trigger_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
@@ -90,13 +91,16 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                         late_trigger)
 
 
-def pdl_default(kv_fp8: bool, head_dim: int) -> bool:
+def pdl_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
     """On where it measured faster: 16-bit KV at head_dim 128 (two blocks per SM), where the next launch's start and
     page-table walk overlap this one's tail and merge (run 12, experiment 20: geomean −4 … −5 %, −1 … −4 µs per layer
     on every split shape of the H100 grids), and at head_dim 64 with the late release (``late_trigger_default``).
     fp8 KV lost with either release (run 13: up to +14 % at the start, +4 % after the loop) and head_dim 256 is
-    unmeasured, so they launch plainly."""
-    return head_dim in (64, 128) and not kv_fp8
+    unmeasured, so they launch plainly. On an H200 head_dim 64 launches plainly too: there the late release cost the
+    25-µs class 4–6 % (run 13e)."""
+    if kv_fp8 or head_dim not in (64, 128):
+        return False
+    return head_dim == 128 or "H200" not in gpu_name
 
 
 def late_trigger_default(kv_fp8: bool, head_dim: int) -> bool:

@@ -151,6 +151,14 @@ def test_pdl_default_only_where_measured_faster(kv, d, on):
     assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu", pdl=False).config.late_trigger is False
 
 
+@pytest.mark.parametrize("d,on", [(64, False), (128, True)])
+def test_h200_launches_head_dim_64_plainly(d, on):  # run 13e: the late release cost the H200's 25-us class 4-6 %
+    from kvprefetch.jit_kernels.jit_spec import make_config
+
+    assert make_config("bf16", False, d, 0, gpu_name="NVIDIA H200").pdl is on
+    assert make_config("bf16", False, d, 0, gpu_name="NVIDIA H100 80GB HBM3").pdl is True
+
+
 def test_prebuild_sets_name_each_module_once():
     from kvprefetch.jit_kernels.prebuild import configs
 
