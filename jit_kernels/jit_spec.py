@@ -103,6 +103,13 @@ def pdl_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
     return head_dim == 128 or "H200" not in gpu_name
 
 
+def pdl_multi_wave_default(gpu_name: str = "") -> bool:
+    """Whether a PDL module launches with the attribute also when its grid takes more than one wave of the SM slots
+    (large batches). On the H100 that gained (64 x 512 −4 %, the roofline shapes −0.3 … −0.6 %, run 12); on the H200
+    the same grids lost (256 x 1K page 16 +10 %, 64 x 512 +3 %, run 13e), so there only one-wave grids use it."""
+    return "H200" not in gpu_name
+
+
 def late_trigger_default(kv_fp8: bool, head_dim: int) -> bool:
     """With PDL, release the next launch after the main loop where that measured faster: 16-bit KV at head_dim 64,
     three blocks per SM (run 13, experiment 23: geomean −3.4 … −3.8 % against the plain launch, 1 × 1K −11 %, no shape
