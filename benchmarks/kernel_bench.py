@@ -83,10 +83,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--late-trigger", action="store_true",
                     help="also run kvprefetch with PDL released after the main loop (kernel kvprefetch_pdl_lt; "
                          "experiment 23)")
-    ap.add_argument("--multi-wave", action="store_true",
-                    help="also run kvprefetch with PDL also for grids over one wave (kernel kvprefetch_mw)")
-    ap.add_argument("--no-multi-wave", action="store_true",
-                    help="also run kvprefetch with PDL for one-wave grids only (kernel kvprefetch_nomw)")
     ap.add_argument("--splits", type=int, nargs="+", default=[], metavar="N",
                     help="also run kvprefetch with N KV splits per (request, kv head) instead of the planner's "
                          "(kernel kvprefetch_xN; experiment)")
@@ -120,12 +116,11 @@ def _split_in_grid(text: str) -> tuple:
 
 def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """The kvprefetch variants asked for with --stages / --pdl / --no-pdl / --fp8-q / --f16-math / --lazy-rescale /
-    --two-blocks / --late-trigger / --multi-wave / --no-multi-wave / --splits, as kernel_peers.variant() arguments."""
+    --two-blocks / --late-trigger / --splits, as kernel_peers.variant() arguments."""
     pdls = [p for p, on in ((True, args.pdl), (False, args.no_pdl)) if on]
     return ([dict(stages=n) for n in args.stages] + [dict(pdl=p) for p in pdls]
             + ([dict(pdl=p, two_blocks=True) for p in pdls or [None]] if args.two_blocks else [])
             + ([dict(pdl=True, late_trigger=True)] if args.late_trigger else [])
-            + [dict(multi_wave=w) for w, on in ((True, args.multi_wave), (False, args.no_multi_wave)) if on]
             + ([dict(fp8_q=True)] if args.fp8_q else []) + ([dict(f16_math=True)] if args.f16_math else [])
             + ([dict(lazy_rescale=True)] if args.lazy_rescale else [])
             + ([dict(f16_math=True, lazy_rescale=True)] if args.f16_math and args.lazy_rescale else [])

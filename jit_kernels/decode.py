@@ -9,7 +9,7 @@ import torch
 
 from .device import is_supported_device
 from .errors import KernelUnavailableError
-from .jit_spec import make_config, pdl_multi_wave_default
+from .jit_spec import make_config
 from .loader import describe_load, load_module
 from .validation import check_index_values, check_shape, check_tensor, validation_mode
 
@@ -88,9 +88,7 @@ class BatchDecodeWithPagedKVCache:
     ``trace=True`` builds the block-timeline diagnostic (``set_trace``; experiment 18); ``two_blocks=True`` pads
     the launch's shared memory so at most two blocks share an SM (the planner then plans for two; experiment 21);
     ``late_trigger=True`` (with PDL) releases the next launch after the main loop, not at the start (experiment 23);
-    the default (None) turns it on where PDL is on for 16-bit KV at head_dim 64 (NOTES.md, run 13);
-    ``pdl_multi_wave`` (None: ``pdl_multi_wave_default``, off on an H200) lets a PDL module use the attribute also
-    for grids larger than one wave of the SM slots; otherwise those launch in stream order.
+    the default (None) turns it on where PDL is on for 16-bit KV at head_dim 64 (NOTES.md, run 13).
     """
 
     def __init__(
@@ -112,7 +110,6 @@ class BatchDecodeWithPagedKVCache:
         trace: bool = False,
         two_blocks: bool = False,
         late_trigger: bool | None = None,
-        pdl_multi_wave: bool | None = None,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -158,9 +155,8 @@ class BatchDecodeWithPagedKVCache:
         for name, flag in (("trace", trace), ("two_blocks", two_blocks)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
-        for name, flag in (("late_trigger", late_trigger), ("pdl_multi_wave", pdl_multi_wave)):
-            if flag is not None and not isinstance(flag, bool):
-                raise ValueError(f"{name}: expected a bool or None, got {flag!r}")
+        if late_trigger is not None and not isinstance(late_trigger, bool):
+            raise ValueError(f"late_trigger: expected a bool or None, got {late_trigger!r}")
 
         self.num_qo_heads, self.num_kv_heads, self.group = num_qo_heads, num_kv_heads, group
         self.head_dim, self.page_size = head_dim, page_size
@@ -174,7 +170,6 @@ class BatchDecodeWithPagedKVCache:
         gpu_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" and torch.cuda.is_available() else ""
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name)
-        self.pdl_multi_wave = pdl_multi_wave_default(gpu_name) if pdl_multi_wave is None else pdl_multi_wave
         if late_trigger and not self.config.pdl:
             raise ValueError(f"late_trigger: expected False or None unless the launch uses PDL, got pdl={pdl!r}")
         self._module = None
@@ -253,11 +248,8 @@ class BatchDecodeWithPagedKVCache:
             kv_indptr, kv_indices, kv_last_page_len = (
                 t.to(self.device, non_blocking=True) for t in (kv_indptr, kv_indices, kv_last_page_len)
             )
-        num_splits = self.num_splits_for(max(batch_size, 1))
-        one_wave = batch_size * self.num_kv_heads * num_splits <= self.target_blocks
-        pdl_launch = self.config.pdl and (self.pdl_multi_wave or one_wave)
-        self._plan = (kv_indptr, kv_indices, kv_last_page_len, batch_size, num_splits,
-                      self.short_splits_for(max(batch_size, 1)), pdl_launch)
+        self._plan = (kv_indptr, kv_indices, kv_last_page_len, batch_size, self.num_splits_for(max(batch_size, 1)),
+                      self.short_splits_for(max(batch_size, 1)))
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *, sm_scale: float | None = None,
             logits_soft_cap: float = 0.0, k_scale: float = 1.0, v_scale: float = 1.0,
@@ -265,7 +257,7 @@ class BatchDecodeWithPagedKVCache:
         """Attention of each q row over its request's KV; returns ``out`` (and ``lse``, natural log, if asked)."""
         if self._plan is None:
             raise ValueError("run: plan() must be called before run()")
-        kv_indptr, kv_indices, kv_last_page_len, batch, num_splits, short_splits, pdl_launch = self._plan
+        kv_indptr, kv_indices, kv_last_page_len, batch, num_splits, short_splits = self._plan
         hq, hkv, d = self.num_qo_heads, self.num_kv_heads, self.head_dim
         check_tensor("q", q, dtype=self.q_dtype, ndim=3, device=self.device)
         check_shape("q", q, (batch, hq, d))
@@ -312,6 +304,5 @@ class BatchDecodeWithPagedKVCache:
             q, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, out, lse,
             self._part_o, self._part_lse, self._counters,
             num_splits, short_splits, MIN_CHUNK_TOKENS, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
-            int(pdl_launch),
         )
         return (out, lse) if return_lse else out

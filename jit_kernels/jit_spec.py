@@ -97,17 +97,10 @@ def pdl_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
     on every split shape of the H100 grids), and at head_dim 64 with the late release (``late_trigger_default``).
     fp8 KV lost with either release (run 13: up to +14 % at the start, +4 % after the loop) and head_dim 256 is
     unmeasured, so they launch plainly. On an H200 head_dim 64 launches plainly too: there the late release cost the
-    25-µs class 4–6 % (run 13e)."""
+    25-µs class 2–6 % (runs 13e, 13g)."""
     if kv_fp8 or head_dim not in (64, 128):
         return False
     return head_dim == 128 or "H200" not in gpu_name
-
-
-def pdl_multi_wave_default(gpu_name: str = "") -> bool:
-    """Whether a PDL module launches with the attribute also when its grid takes more than one wave of the SM slots
-    (large batches). On the H100 that gained (64 x 512 −4 %, the roofline shapes −0.3 … −0.6 %, run 12); on the H200
-    the same grids lost (256 x 1K page 16 +10 %, 64 x 512 +3 %, run 13e), so there only one-wave grids use it."""
-    return "H200" not in gpu_name
 
 
 def late_trigger_default(kv_fp8: bool, head_dim: int) -> bool:

@@ -82,7 +82,7 @@ int64_t blocks_per_sm() {
 void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView indices, TensorView last_len,
          TensorView o, Optional<TensorView> lse, TensorView part_o, TensorView part_lse, TensorView counters,
          int64_t num_splits, int64_t short_splits, int64_t min_chunk, int64_t page_shift, double score_pre, double score_post, int64_t has_cap,
-         double v_scale, int64_t pdl_launch) {
+         double v_scale) {
   const int64_t batch = q.size(0);
   if (batch == 0) return;
   const bool paged4 = k.ndim() == 4;
@@ -125,11 +125,10 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(q.device().device_type, q.device().device_id));
 #if KVP_PDL
   // May start while the previous kernel in the stream is still running; the kernel waits (griddepcontrol.wait)
-  // before it reads anything that kernel may write. pdl_launch = 0 launches it in stream order (the wrapper's choice
-  // per grid; griddepcontrol is then a no-op).
+  // before it reads anything that kernel may write.
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = pdl_launch ? 1 : 0;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(Cfg::kThreads);

@@ -38,11 +38,11 @@ def sample():
 def test_kernel_names_and_variants():
     assert kg.parse_variant("kvprefetch") == {} and kg.parse_variant("kvprefetch_d0") == {}
     assert kg.parse_variant("kvprefetch_s6_pdl") == {"stages": 6, "pdl": True, "fp8_q": False, "f16_math": False, "lazy_rescale": False,
-                                                     "two_blocks": False, "late_trigger": False, "multi_wave": None, "splits": None, "grid": None}
+                                                     "two_blocks": False, "late_trigger": False, "splits": None, "grid": None}
     assert kg.parse_variant("kvprefetch_q8_x2") == {"stages": None, "pdl": None, "fp8_q": True, "f16_math": False, "lazy_rescale": False,
-                                                    "two_blocks": False, "late_trigger": False, "multi_wave": None, "splits": 2, "grid": None}
+                                                    "two_blocks": False, "late_trigger": False, "splits": 2, "grid": None}
     assert kg.parse_variant("kvprefetch_h16") == {"stages": None, "pdl": None, "fp8_q": False, "f16_math": True, "lazy_rescale": False,
-                                                  "two_blocks": False, "late_trigger": False, "multi_wave": None, "splits": None, "grid": None}
+                                                  "two_blocks": False, "late_trigger": False, "splits": None, "grid": None}
     assert kg.variant_name(f16_math=True) == "kvprefetch_h16"
     assert kg.variant_name(pdl=False) == "kvprefetch_nopdl" and kg.parse_variant("kvprefetch_nopdl")["pdl"] is False
     assert kg.variant_name(f16_math=True, lazy_rescale=True) == "kvprefetch_h16_lr"
@@ -52,7 +52,6 @@ def test_kernel_names_and_variants():
     assert kg.parse_variant("kvprefetch_pdl_b2")["two_blocks"] is True
     assert kg.variant_name(pdl=True, late_trigger=True) == "kvprefetch_pdl_lt"
     assert kg.parse_variant("kvprefetch_pdl_lt")["late_trigger"] is True
-    assert kg.variant_name(multi_wave=False) == "kvprefetch_nomw" and kg.parse_variant("kvprefetch_nomw")["multi_wave"] is False
     assert kg.parse_variant("kvprefetch_x16g33")["splits"] == 16 and kg.parse_variant("kvprefetch_x16g33")["grid"] == 33
     assert kg.parse_variant("kvprefetch_") is None and kg.parse_variant("fa3") is None
     with pytest.raises(SystemExit):

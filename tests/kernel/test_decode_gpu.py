@@ -400,38 +400,3 @@ def test_two_blocks_variant_plans_for_two_per_sm(kv_fp8, d):
     kw = dict(sm_scale=1.0 / math.sqrt(d), k_scale=0.5 if kv_fp8 else 1.0, v_scale=1.5 if kv_fp8 else 1.0)
     _assert_variant_as_close_as_default(inp, d, 16, kv, kw, dict(pdl=True, two_blocks=True),
                                         3e-2 if kv_fp8 else 1e-2)
-
-
-def test_pdl_module_launched_in_stream_order_over_one_wave():
-    """pdl_multi_wave=False (the H200's default) launches a PDL module without the attribute when its grid is over
-    one wave of slots: in a graphed chain of launches sharing the workspace it equals the attribute launch and the
-    plain module bit for bit (same plan), so the no-op griddepcontrol path is exercised."""
-    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
-
-    gen = torch.Generator("cuda").manual_seed(25)
-    lens = [int(x) for x in torch.randint(1, 3000, (40,), generator=torch.Generator().manual_seed(25))]
-    inp = make_paged_inputs(lens, hq=32, hkv=8, d=128, page_size=16, dtype=torch.bfloat16, device="cuda", generator=gen)
-    chains = []
-    for kw in (dict(pdl=False), dict(pdl=True, pdl_multi_wave=True), dict(pdl=True, pdl_multi_wave=False)):
-        w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cuda", **kw).load()
-        w.plan(inp.indptr, inp.indices, inp.last_len)
-        assert 40 * 8 * w.num_splits_for(40) > w.target_blocks  # more than one wave
-        outs = [torch.full_like(inp.q, float("nan")) for _ in range(4)]
-
-        def chain():
-            q = inp.q
-            for o in outs:
-                w.run(q, inp.k, inp.v, sm_scale=0.3, out=o)
-                q = o
-
-        chain()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            chain()
-        for o in outs:
-            o.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        chains.append(torch.stack(outs))
-    assert torch.isfinite(chains[0]).all()
-    assert torch.equal(chains[0], chains[1]) and torch.equal(chains[0], chains[2])

@@ -37,7 +37,6 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(two_blocks=1), "two_blocks"),
     (dict(pdl=False, late_trigger=True), "late_trigger"),  # only PDL launches have a trigger to move
     (dict(late_trigger=1), "late_trigger"),
-    (dict(pdl_multi_wave=0), "pdl_multi_wave"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -158,13 +157,6 @@ def test_h200_launches_head_dim_64_plainly(d, on):  # run 13e: the late release 
 
     assert make_config("bf16", False, d, 0, gpu_name="NVIDIA H200").pdl is on
     assert make_config("bf16", False, d, 0, gpu_name="NVIDIA H100 80GB HBM3").pdl is True
-
-
-def test_pdl_over_one_wave_only_off_on_the_h200():  # run 13e: the H200's multi-wave grids lost with PDL
-    from kvprefetch.jit_kernels.jit_spec import pdl_multi_wave_default
-
-    assert pdl_multi_wave_default("NVIDIA H100 80GB HBM3") and not pdl_multi_wave_default("NVIDIA H200")
-    assert BatchDecodeWithPagedKVCache(**CTOR).pdl_multi_wave is True  # no GPU: the H100's
 
 
 def test_prebuild_sets_name_each_module_once():
