@@ -39,7 +39,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--grid-splits", default=None, metavar="S:G",
                     help="short requests use S splits in a grid G splits wide (kernel_bench's experiment-15 override)")
     ap.add_argument("--two-blocks", action="store_true", help="both modules with at most two blocks per SM (exp. 21)")
-    ap.add_argument("--late-trigger", action="store_true", help="with --pdl: release the next launch after the loop (23)")
+    ap.add_argument("--late-trigger", action="store_true",
+                    help="with --pdl: release the next launch after the main loop (experiment 23)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.shape_list = parse_shapes(args.shapes)

@@ -44,7 +44,8 @@ def variant_name(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q
     pdl_tag = {True: "_pdl", False: "_nopdl"}.get(pdl, "")
     return ("kvprefetch" + (f"_s{stages}" if stages else "") + pdl_tag + ("_q8" if fp8_q else "")
             + ("_h16" if f16_math else "") + ("_lr" if lazy_rescale else "") + ("_b2" if two_blocks else "")
-            + ("_lt" if late_trigger else "") + (f"_x{splits}" if splits else "") + (f"g{grid}" if splits and grid else ""))
+            + ("_lt" if late_trigger else "") + (f"_x{splits}" if splits else "")
+            + (f"g{grid}" if splits and grid else ""))
 
 
 _VARIANT = re.compile(r"kvprefetch(?:_s(\d+))?(_pdl|_nopdl)?(_q8)?(_h16)?(_lr)?(_b2)?(_lt)?(?:_x(\d+)(?:g(\d+))?)?")

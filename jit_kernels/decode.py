@@ -76,9 +76,10 @@ class BatchDecodeWithPagedKVCache:
     ``kv_indices [nnz_pages]`` and ``kv_last_page_len [B]`` (int32).
 
     Experiments (the tuned defaults are what the benchmarks report): ``stages`` overrides the cp.async ring depth;
-    ``pdl`` (None: ``pdl_default``, on for 16-bit KV at head_dim 64 and 128) launches with programmatic dependent launch:
-    each block lets the next kernel in the stream launch at once, and warms L2 with its first tiles while the
-    previous kernel finishes (it waits for that kernel before reading anything it may write);
+    ``pdl`` (None: ``pdl_default``, on for 16-bit KV at head_dim 64 and 128, at 64 not on an H200) launches with
+    programmatic dependent launch: each block lets the next kernel in the stream launch (at its start, or after its
+    main loop with ``late_trigger``), and warms L2 with its first tiles while the previous kernel finishes (it waits
+    for that kernel before reading anything it may write);
     ``fp8_q=True`` (fp8 KV only) rounds q to e4m3 and runs Q K^T on e4m3 tensor cores, as SGLang's fa3 backend
     does with fp8 KV (relative error ~3e-2 instead of ~3e-3); ``f16_math=True`` (fp8 KV with bf16 q) converts q to
     fp16 once per block (saturating at +-65504) and runs both mma in fp16, so each e4m3 pair needs one conversion
@@ -167,7 +168,8 @@ class BatchDecodeWithPagedKVCache:
         self.max_batch_size = max_batch_size
         self.prefetch_distance = prefetch_distance
         kv_fp8 = kv_dtype == _FP8
-        gpu_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" and torch.cuda.is_available() else ""
+        on_gpu = self.device.type == "cuda" and torch.cuda.is_available()
+        gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name)
         if late_trigger and not self.config.pdl:
