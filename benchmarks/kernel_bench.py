@@ -83,6 +83,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--late-trigger", action="store_true",
                     help="also run kvprefetch with PDL released after the main loop (kernel kvprefetch_pdl_lt; "
                          "experiment 23)")
+    ap.add_argument("--read-bound-last", action="store_true",
+                    help="time each shape's read_bound row after the kernels, not before (the H200's first-row check, "
+                         "NOTES run 13h)")
     ap.add_argument("--splits", type=int, nargs="+", default=[], metavar="N",
                     help="also run kvprefetch with N KV splits per (request, kv head) instead of the planner's "
                          "(kernel kvprefetch_xN; experiment)")
@@ -135,6 +138,8 @@ def selected(args: argparse.Namespace):
     kernels = [k for k in RUN_ORDER if (args.only is None or k in args.only or k == kg.READ_BOUND)]
     at = max(kernels.index(k) for k in (kg.READ_BOUND, "kvprefetch", "kvprefetch_d0") if k in kernels) + 1
     kernels[at:at] = [kg.variant_name(**s) for s in experiment_specs(args)]
+    if getattr(args, "read_bound_last", False):
+        kernels = [k for k in kernels if k != kg.READ_BOUND] + [kg.READ_BOUND]
     return configs, grid, kernels
 
 

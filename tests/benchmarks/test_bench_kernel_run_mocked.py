@@ -269,3 +269,9 @@ def test_two_blocks_flag_pairs_with_each_pdl_row():
     assert "kvprefetch_b2" in kernels and "kvprefetch_pdl_lt" in kernels
     cls = kp.variant(**kg.parse_variant("kvprefetch_pdl_b2"))
     assert cls.two_blocks and cls.pdl and cls.late_trigger is None  # None: the product's release
+
+
+def test_read_bound_last_moves_only_the_read_row():
+    _, _, first = kernel_bench.selected(kernel_bench.parse_args(["--quick"]))
+    _, _, last = kernel_bench.selected(kernel_bench.parse_args(["--quick", "--read-bound-last"]))
+    assert first[0] == "read_bound" and last[-1] == "read_bound" and last[:-1] == first[1:]
