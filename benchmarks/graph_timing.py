@@ -99,6 +99,20 @@ def time_graph_replays(graph: torch.cuda.CUDAGraph, repeats: int, warmup: int = 
     return [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
 
 
+def keep_busy(call: Callable[[int], None], layers: int, seconds: float) -> None:
+    """Run call(0), call(1), ... for about `seconds` of GPU time, untimed. An H200 left idle while a large shape's
+    inputs are built times its first kernels 5–15 % slow, recovering over a few rows (NOTES runs 13h/13i)."""
+    import time
+
+    t_end = time.time() + seconds
+    i = 0
+    while time.time() < t_end:
+        for _ in range(8):
+            call(i % layers)
+            i += 1
+        torch.cuda.synchronize()
+
+
 def time_in_sequence(call: Callable[[int], None], layers: int, repeats: int, stream=None) -> List[float]:
     """Per-layer microseconds: one graph of `layers` calls, `repeats` replays."""
     g = capture(lambda: [call(i) for i in range(layers)], stream)

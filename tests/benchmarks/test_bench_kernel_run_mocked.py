@@ -80,6 +80,7 @@ def make_fake_modules(calls):
 
     gt.time_in_sequence = time_in_sequence
     gt.time_cold = time_cold
+    gt.keep_busy = lambda fn, layers, seconds: calls.setdefault("busy", []).append((layers, seconds))
 
     rb = types.ModuleType("read_bound")
 
