@@ -13,6 +13,7 @@ host (another job, the garbage collector) let the GPU catch up and time launch g
 """
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Callable, List, Sequence
 
@@ -101,9 +102,7 @@ def time_graph_replays(graph: torch.cuda.CUDAGraph, repeats: int, warmup: int = 
 
 def keep_busy(call: Callable[[int], None], layers: int, seconds: float) -> None:
     """Run call(0), call(1), ... for about `seconds` of GPU time, untimed. An H200 left idle while a large shape's
-    inputs are built times its first kernels 5–15 % slow, recovering over a few rows (NOTES runs 13h/13i)."""
-    import time
-
+    inputs are built times its first kernels 5–15 % slow, recovering over a few rows (NOTES runs 13h–13j)."""
     t_end = time.time() + seconds
     i = 0
     while time.time() < t_end:

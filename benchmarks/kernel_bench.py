@@ -139,7 +139,7 @@ def selected(args: argparse.Namespace):
     kernels = [k for k in RUN_ORDER if (args.only is None or k in args.only or k == kg.READ_BOUND)]
     at = max(kernels.index(k) for k in (kg.READ_BOUND, "kvprefetch", "kvprefetch_d0") if k in kernels) + 1
     kernels[at:at] = [kg.variant_name(**s) for s in experiment_specs(args)]
-    if getattr(args, "read_bound_last", False):
+    if args.read_bound_last:
         kernels = [k for k in kernels if k != kg.READ_BOUND] + [kg.READ_BOUND]
     return configs, grid, kernels
 
