@@ -84,6 +84,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--late-trigger", action="store_true",
                     help="also run kvprefetch with PDL released after the main loop (kernel kvprefetch_pdl_lt; "
                          "experiment 23)")
+    ap.add_argument("--variant", nargs="+", default=[], metavar="NAME", type=_variant_name,
+                    help="also run these kvprefetch variants, named as the flags above name them, in any combination "
+                         "(e.g. kvprefetch_s6_pdl_h16_b2; experiment 26)")
     ap.add_argument("--read-bound-last", action="store_true",
                     help="time each shape's read_bound row after the kernels, not before (the H200's first-row check, "
                          "NOTES run 13h)")
@@ -118,9 +121,16 @@ def _split_in_grid(text: str) -> tuple:
     return s, g
 
 
+def _variant_name(text: str) -> str:
+    """--variant's NAME: a kvprefetch variant kernel_grid.parse_variant reads (not the default row's own name)."""
+    if text in kg.KVPREFETCH_KERNELS or kg.parse_variant(text) is None:
+        raise argparse.ArgumentTypeError(f"expected a variant name like kvprefetch_s6_pdl_h16_b2, got {text!r}")
+    return text
+
+
 def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """The kvprefetch variants asked for with --stages / --pdl / --no-pdl / --fp8-q / --f16-math / --lazy-rescale /
-    --two-blocks / --late-trigger / --splits, as kernel_peers.variant() arguments."""
+    --two-blocks / --late-trigger / --splits / --variant, as kernel_peers.variant() arguments."""
     pdls = [p for p, on in ((True, args.pdl), (False, args.no_pdl)) if on]
     return ([dict(stages=n) for n in args.stages] + [dict(pdl=p) for p in pdls]
             + ([dict(pdl=p, two_blocks=True) for p in pdls or [None]] if args.two_blocks else [])
@@ -128,7 +138,8 @@ def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
             + ([dict(fp8_q=True)] if args.fp8_q else []) + ([dict(f16_math=True)] if args.f16_math else [])
             + ([dict(lazy_rescale=True)] if args.lazy_rescale else [])
             + ([dict(f16_math=True, lazy_rescale=True)] if args.f16_math and args.lazy_rescale else [])
-            + [dict(splits=n) for n in args.splits] + [dict(splits=s, grid=g) for s, g in args.grid_splits])
+            + [dict(splits=n) for n in args.splits] + [dict(splits=s, grid=g) for s, g in args.grid_splits]
+            + [kg.parse_variant(name) for name in args.variant])
 
 
 def selected(args: argparse.Namespace):

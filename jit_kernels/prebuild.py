@@ -54,6 +54,11 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config(q, fp8, d, 0, trace=True, pdl=True, two_blocks=True) for q, fp8, d in three]
         cfgs += [make_config(q, fp8, d, 0, pdl=True, late_trigger=True, trace=t) for q, fp8, d in three
                  for t in (False, True)]  # --late-trigger (experiment 23)
+        # experiment 26 (kernel_bench --variant): two blocks per SM with fp16 mma / e4m3 q, or a 6-deep ring
+        cfgs += [make_config("bf16", True, 128, 0, pdl=True, two_blocks=True, f16_math=h, fp8_q=not h)
+                 for h in (False, True)]
+        cfgs += [make_config(q, fp8, d, 0, stages=6, pdl=p, f16_math=h) for q, fp8, d in three
+                 for p in (False, True) for h in (False, True) if fp8 or not h]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
 
 

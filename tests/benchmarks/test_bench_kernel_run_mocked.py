@@ -236,6 +236,20 @@ def test_splits_flag_adds_fixed_split_variants():
             kernel_bench.parse_args(["--splits", bad])
 
 
+def test_variant_flag_composes_any_named_variant():
+    import kernel_grid as kg
+
+    args = kernel_bench.parse_args(["--variant", "kvprefetch_s6_pdl_h16_b2", "kvprefetch_h16_b2", "--quick"])
+    _, _, kernels = kernel_bench.selected(args)
+    assert kernels[kernels.index("kvprefetch_d0") + 1:][:2] == ["kvprefetch_s6_pdl_h16_b2", "kvprefetch_h16_b2"]
+    spec = kernel_bench.experiment_specs(args)[0]
+    assert (spec["stages"], spec["pdl"], spec["f16_math"], spec["two_blocks"]) == (6, True, True, True)
+    assert kg.variant_name(**spec) == "kvprefetch_s6_pdl_h16_b2"
+    for bad in ("kvprefetch", "kvprefetch_d0", "fa3", "kvprefetch_b2_pdl"):
+        with pytest.raises(SystemExit):
+            kernel_bench.parse_args(["--variant", bad])
+
+
 def test_grid_splits_flag_keeps_short_splits_in_a_wider_grid():
     import kernel_grid as kg
     import kernel_peers as kp
