@@ -169,7 +169,7 @@ class KvPrefetch(Kernel):
     stages: Optional[int] = None  # None: the tuned table; set by variant() for experiments
     pdl: Optional[bool] = None  # None: the product default (on for 16-bit KV at head_dim 64 and 128)
     fp8_q = False
-    f16_math = False
+    f16_math: Optional[bool] = None  # None: the product default (on for fp8 KV with bf16 q at head_dim 128)
     lazy_rescale: Optional[bool] = None  # None: the product default (on for 16-bit KV at head_dim 64)
     two_blocks = False
     late_trigger: Optional[bool] = None  # None: the product default (after the loop for 16-bit KV at head_dim 64)
@@ -234,7 +234,7 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
                                       "grid": grid if splits else None, "two_blocks": two_blocks,
                                       "late_trigger": late_trigger or None,
-                                      "f16_math": f16_math, "lazy_rescale": lazy_rescale or None})  # else: the default
+                                      "f16_math": f16_math or None, "lazy_rescale": lazy_rescale or None})  # else: the default
 
 
 class FlashInferDecode(Kernel):

@@ -83,7 +83,8 @@ class BatchDecodeWithPagedKVCache:
     ``fp8_q=True`` (fp8 KV only) rounds q to e4m3 and runs Q K^T on e4m3 tensor cores, as SGLang's fa3 backend
     does with fp8 KV (relative error ~3e-2 instead of ~3e-3); ``f16_math=True`` (fp8 KV with bf16 q) converts q to
     fp16 once per block (saturating at +-65504) and runs both mma in fp16, so each e4m3 pair needs one conversion
-    instead of four; ``lazy_rescale=True`` rescales the output accumulators only in tiles where a row's running max
+    instead of four; the default (None) turns it on for fp8 KV with bf16 q at head_dim 128 (experiments 16, 26);
+    ``lazy_rescale=True`` rescales the output accumulators only in tiles where a row's running max
     grows by more than 2^8 (P entries stay <= 256; the result is the same up to rounding); the default (None) turns
     it on for 16-bit KV at head_dim 64 only, where it measured faster on both cards (NOTES.md, run 11);
     ``trace=True`` builds the block-timeline diagnostic (``set_trace``; experiment 18); ``two_blocks=True`` pads
@@ -106,7 +107,7 @@ class BatchDecodeWithPagedKVCache:
         stages: int | None = None,
         pdl: bool | None = None,
         fp8_q: bool = False,
-        f16_math: bool = False,
+        f16_math: bool | None = None,
         lazy_rescale: bool | None = None,
         trace: bool = False,
         two_blocks: bool = False,
@@ -147,8 +148,9 @@ class BatchDecodeWithPagedKVCache:
         if not isinstance(fp8_q, bool) or (fp8_q and kv_dtype != _FP8):
             raise ValueError(f"fp8_q: expected a bool, True only with kv_dtype torch.float8_e4m3fn; got {fp8_q!r} "
                              f"with kv_dtype {kv_dtype}")
-        if not isinstance(f16_math, bool) or (f16_math and (kv_dtype != _FP8 or q_dtype != torch.bfloat16 or fp8_q)):
-            raise ValueError(f"f16_math: expected a bool, True only with kv_dtype torch.float8_e4m3fn, q_dtype "
+        if not (f16_math is None or isinstance(f16_math, bool)) or (
+                f16_math and (kv_dtype != _FP8 or q_dtype != torch.bfloat16 or fp8_q)):
+            raise ValueError(f"f16_math: expected a bool or None, True only with kv_dtype torch.float8_e4m3fn, q_dtype "
                              f"torch.bfloat16 and fp8_q=False; got {f16_math!r} with kv_dtype {kv_dtype}, q_dtype "
                              f"{q_dtype}, fp8_q={fp8_q}")
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):

@@ -48,6 +48,9 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config("bf16", True, d, 0, f16_math=True) for d in (64, 128, 256)]
         cfgs += [make_config(q, fp8, d, 0, lazy_rescale=True) for q, fp8, d in base]
         cfgs += [make_config("bf16", True, d, 0, f16_math=True, lazy_rescale=True) for d in (64, 128)]
+        # fp8 at head_dim 128 with the bf16 mma (the default before experiment 26; the f16_math tests' baseline)
+        cfgs += [make_config("bf16", True, 128, pf, f16_math=False, lazy_rescale=lr) for pf in distances
+                 for lr in (False, True) if pf == 0 or not lr]
         cfgs += [make_config(q, fp8, d, 0, trace=True, pdl=p) for q, fp8, d in base for p in (False, True)]
         three = base[1:]  # the modules that fit three blocks per SM (--two-blocks; experiment 21)
         cfgs += [make_config(q, fp8, d, 0, pdl=p, two_blocks=True) for q, fp8, d in three for p in (False, True)]

@@ -112,10 +112,20 @@ def test_fp8_q_needs_fp8_kv_and_is_its_own_module():
     assert w.config.tag.endswith("_q8") and "-DKVP_FP8_Q=1" in w.config.defines()
 
 
-def test_f16_math_is_its_own_module():
+def test_f16_math_is_its_own_module_and_the_fp8_default_at_head_dim_128():
     w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", f16_math=True)
+    off = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", f16_math=False)
+    assert w.config.tag.endswith("_h16") and w.config.defines() == off.config.defines() + ["-DKVP_FP8_F16=1"]
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu")
-    assert w.config.tag.endswith("_h16") and w.config.defines() == tuned.config.defines() + ["-DKVP_FP8_F16=1"]
+    assert tuned.config == w.config  # experiment 26
+    for d in (64, 256):  # measured slower at 64, unmeasured at 256
+        assert not BatchDecodeWithPagedKVCache(32, 8, d, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu").config.f16_math
+    for kw in (dict(fp8_q=True), dict(q_dtype=torch.float16)):  # e4m3 q, or q already fp16: no fp16 conversion of q
+        args = dict(q_dtype=torch.bfloat16) | kw
+        q_dtype = args.pop("q_dtype")
+        cfg = BatchDecodeWithPagedKVCache(32, 8, 128, 16, q_dtype, torch.float8_e4m3fn, "cpu", **args).config
+        assert not cfg.f16_math
+    assert not BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu").config.f16_math
 
 
 def test_two_blocks_and_late_trigger_are_their_own_modules():
