@@ -231,6 +231,7 @@ class KvPrefetchDecodeBackend(AttentionBackend):
             req_to_token=model_runner.req_to_token_pool.req_to_token,
             max_batch_size=_max_decode_batch(model_runner),
             prefetch_distance=_kernel_prefetch_distance(config),
+            pdl=config.pdl,
         )
         report = self.kernels.load()  # JIT-compile (or load) now: no request waits for it
         shape_txt = ", ".join(f"{q}q/{k}kv heads x d{d}" for q, k, d in shapes)

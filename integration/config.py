@@ -11,6 +11,9 @@ variable                        default    meaning
 ``KVPREFETCH_PREFETCH_DISTANCE``  unset    L2 prefetch distance in KV tiles of 64 tokens
                                            (int 0..8; 0 turns prefetch off). Unset: the
                                            kernel layer's tuned default.
+``KVPREFETCH_PDL``              ``auto``   programmatic dependent launch of the decode
+                                           kernel: ``auto`` (the kernel layer's per-card
+                                           default), ``1`` or ``0`` (for serving A/B runs).
 ``KVPREFETCH_DISABLE``          ``0``      ``1``: do not use the kvprefetch decode kernel;
                                            SGLang's Triton attention backend serves
                                            instead (logged at start-up).
@@ -39,6 +42,7 @@ from typing import Mapping, Optional, Tuple
 
 ENV_PREFETCH_DISTANCE = "KVPREFETCH_PREFETCH_DISTANCE"
 ENV_DISABLE = "KVPREFETCH_DISABLE"
+ENV_PDL = "KVPREFETCH_PDL"
 ENV_VALIDATE = "KVPREFETCH_VALIDATE"
 ENV_PREFILL = "KVPREFETCH_PREFILL_BACKEND"
 PREFILL_BACKENDS = ("auto", "flashinfer", "fa3")  # the first is the default
@@ -57,6 +61,7 @@ class KvPrefetchConfig:
     disable: bool = False
     validate: bool = False
     prefill_backend: str = "auto"
+    pdl: Optional[bool] = None  # None: auto
     warnings: Tuple[str, ...] = field(default=(), compare=False)
 
     def describe(self) -> str:
@@ -65,7 +70,8 @@ class KvPrefetchConfig:
             f"prefetch_distance={dist} ({ENV_PREFETCH_DISTANCE}), "
             f"disable={int(self.disable)} ({ENV_DISABLE}), "
             f"validate={int(self.validate)} ({ENV_VALIDATE}), "
-            f"prefill={self.prefill_backend} ({ENV_PREFILL})"
+            f"prefill={self.prefill_backend} ({ENV_PREFILL}), "
+            f"pdl={'auto' if self.pdl is None else int(self.pdl)} ({ENV_PDL})"
         )
 
 
@@ -118,7 +124,8 @@ def load_config(environ: Optional[Mapping[str, str]] = None) -> KvPrefetchConfig
     disable = parse_bool(ENV_DISABLE, env.get(ENV_DISABLE), False, warnings)
     validate = parse_bool(ENV_VALIDATE, env.get(ENV_VALIDATE), False, warnings)
     prefill = parse_choice(ENV_PREFILL, env.get(ENV_PREFILL), PREFILL_BACKENDS, warnings)
+    pdl = {"auto": None, "1": True, "0": False}[parse_choice(ENV_PDL, env.get(ENV_PDL), ("auto", "1", "0"), warnings)]
     return KvPrefetchConfig(
-        prefetch_distance=distance, disable=disable, validate=validate, prefill_backend=prefill,
+        prefetch_distance=distance, disable=disable, validate=validate, prefill_backend=prefill, pdl=pdl,
         warnings=tuple(warnings),
     )

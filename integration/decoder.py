@@ -74,6 +74,7 @@ class DecodeKernels:
         req_to_token: torch.Tensor,
         max_batch_size: int,
         prefetch_distance: Optional[int] = None,
+        pdl: Optional[bool] = None,
         wrapper_cls: Optional[Callable[..., Any]] = None,
         page_table_builder: Callable[..., None] = build_page_table,
     ):
@@ -84,6 +85,7 @@ class DecodeKernels:
         self.req_to_token = req_to_token
         self.max_batch_size = max(int(max_batch_size), 1)
         self.prefetch_distance = prefetch_distance
+        self.pdl = pdl  # None: the kernel layer's per-card default
         self._wrapper_cls = wrapper_cls
         self._build = page_table_builder
         self.max_pages_per_req = max_pages_per_request(req_to_token.shape[1], self.page_size)
@@ -118,6 +120,7 @@ class DecodeKernels:
             device=self.device,
             max_batch_size=self.max_batch_size,
             prefetch_distance=self.prefetch_distance,
+            **({} if self.pdl is None else {"pdl": self.pdl}),
         )
         w.load()
         return w

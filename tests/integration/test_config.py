@@ -79,3 +79,11 @@ def test_prefill_backend_choice():
     bad = load_config({"KVPREFETCH_PREFILL_BACKEND": "triton"})
     assert bad.prefill_backend == "auto" and "KVPREFETCH_PREFILL_BACKEND" in bad.warnings[0]
     assert "prefill=fa3 (KVPREFETCH_PREFILL_BACKEND)" in load_config({"KVPREFETCH_PREFILL_BACKEND": "fa3"}).describe()
+
+
+def test_pdl_knob():
+    assert load_config({}).pdl is None and "pdl=auto (KVPREFETCH_PDL)" in load_config({}).describe()
+    assert load_config({"KVPREFETCH_PDL": "1"}).pdl is True
+    assert load_config({"KVPREFETCH_PDL": " 0 "}).pdl is False
+    bad = load_config({"KVPREFETCH_PDL": "maybe"})
+    assert bad.pdl is None and "KVPREFETCH_PDL" in bad.warnings[0]

@@ -181,3 +181,23 @@ def test_load_report_names_each_module_and_where_it_came_from(fake_wrapper_cls, 
     pool = make_paged_pool([5], 16, num_kv_heads=HK, head_dim=D)
     report = make_kernels(pool, WithConfig).load()
     assert report.modules == (f"{module_name(cfg)} (prebuilt, 0.25 s)",)
+
+
+@pytest.mark.parametrize("pdl", [None, False, True])
+def test_pdl_knob_reaches_the_wrapper_only_when_set(pdl):
+    seen = []
+
+    class Recorder:
+        def __init__(self, **kw):
+            seen.append(kw)
+            self.prefetch_distance = kw["prefetch_distance"]
+
+        def load(self):
+            return self
+
+    pool = make_paged_pool([5], 16, num_kv_heads=HK, head_dim=D, seed=2)
+    kernels = DecodeKernels(shapes=[(HQ, HK, D)], page_size=16, q_dtype=torch.float32, kv_dtype=torch.float32,
+                            device=torch.device("cpu"), req_to_token=pool.req_to_token, max_batch_size=4, pdl=pdl,
+                            wrapper_cls=Recorder)
+    kernels._new_wrapper((HQ, HK, D))
+    assert seen[0].get("pdl", "unset") == ("unset" if pdl is None else pdl)
