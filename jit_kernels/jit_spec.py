@@ -108,8 +108,8 @@ def pdl_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
 
 def f16_math_default(q_dtype: str, kv_fp8: bool, head_dim: int, fp8_q: bool = False) -> bool:
     """On for fp8 KV with bf16 q at head_dim 128 (experiments 16 and 26): e4m3 -> fp16 is one conversion per pair
-    instead of four, −9 … −11 % on the H200's long shapes and −3 … −8 % on the H100's, −2 … −5 % on the 20-µs class,
-    geomean 0.94–0.96 on both cards; the one loss is 1 × 4K (+0.3 µs, +2 … +3 %). At head_dim 64 the H100 lost 5.7 %
+    instead of four: −9 … −11 % on the H200's long shapes and −3 … −7 % on its 20-µs class, −1 … −8 % on the H100's
+    shapes, geomean 0.94–0.96 on both cards; the one loss is 1 × 4K (+0.3 µs, +2 … +3 %). At head_dim 64 the H100 lost 5.7 %
     at 128 × 4K, and head_dim 256 is unmeasured, so they keep the bf16 mma."""
     return kv_fp8 and head_dim == 128 and q_dtype == "bf16" and not fp8_q
 
