@@ -62,6 +62,9 @@ def configs(which: str) -> list[DecodeConfig]:
                  for h in (False, True)]
         cfgs += [make_config(q, fp8, d, 0, stages=6, pdl=p, f16_math=h) for q, fp8, d in three
                  for p in (False, True) for h in (False, True) if fp8 or not h]
+        # experiment 27 (kernel_bench --stages 2 3): shallower rings, so more blocks (warps) share an SM
+        cfgs += [make_config(q, fp8, d, 0, stages=n, gpu_name=gpu) for q, fp8, d in three for n in (2, 3)
+                 for gpu in ("", "NVIDIA H200")]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
 
 
