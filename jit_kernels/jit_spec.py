@@ -74,8 +74,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                 two_blocks: bool = False, late_trigger: bool | None = None, gpu_name: str = "") -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (None:
-    ``f16_math_default``); ``lazy_rescale``
-    skips the output rescale while no row max grows by more than 2^8 (None: ``lazy_rescale_default``). The
+    ``f16_math_default``); ``lazy_rescale`` skips the output rescale while no row max grows by more than 2^8 (None:
+    ``lazy_rescale_default``). The
     benchmark's ``--stages`` / ``--pdl`` / ``--no-pdl`` / ``--fp8-q`` / ``--f16-math`` / ``--lazy-rescale`` run them
     as experiments; ``trace`` builds the block-timeline diagnostic (benchmarks/block_timeline.py); ``two_blocks``
     pads the launch's shared memory so at most two blocks share an SM (``--two-blocks``); ``late_trigger`` (with
@@ -108,9 +108,9 @@ def pdl_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
 
 def f16_math_default(q_dtype: str, kv_fp8: bool, head_dim: int, fp8_q: bool = False) -> bool:
     """On for fp8 KV with bf16 q at head_dim 128 (experiments 16 and 26): e4m3 -> fp16 is one conversion per pair
-    instead of four: −9 … −11 % on the H200's long shapes and −3 … −7 % on its 20-µs class, −1 … −8 % on the H100's
-    shapes, geomean 0.94–0.96 on both cards; the one loss is 1 × 4K (+0.3 µs, +2 … +3 %). At head_dim 64 the H100 lost 5.7 %
-    at 128 × 4K, and head_dim 256 is unmeasured, so they keep the bf16 mma."""
+    instead of four. −9 … −11 % on the H200's long shapes and −3 … −7 % on its 20-µs class, −1 … −8 % on the
+    H100's shapes, geomean 0.94–0.96 on both cards; the one loss is 1 × 4K (+0.3 µs, +2 … +3 %). At head_dim 64
+    the H100 lost 5.7 % at 128 × 4K, and head_dim 256 is unmeasured, so they keep the bf16 mma."""
     return kv_fp8 and head_dim == 128 and q_dtype == "bf16" and not fp8_q
 
 
