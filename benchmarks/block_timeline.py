@@ -104,30 +104,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     device = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(device)
+    pdl = True if args.pdl else False if args.no_pdl else None  # None: the product default
     rows = []
     for batch, ctx in args.shape_list:
         shape = kg.Shape(batch, ctx, args.page_size, 32, 8, args.head_dim, args.kv)
         layers = max(2, min(args.layers, int(0.6 * torch.cuda.mem_get_info()[0] // max(shape.pool_bytes, 1))))
-        rows.append(measure(shape, layers, device, True if args.pdl else False if args.no_pdl else None,
-                            args.grid_splits, args.two_blocks, args.late_trigger))
+        rows.append(measure(shape, layers, device, pdl, args.grid_splits, args.two_blocks, args.late_trigger))
         r = rows[-1]
         print(f"{r['shape']}: {r['us_per_layer']:.1f} us/layer (trace build {r['us_per_layer_trace']:.1f}), "
               f"span {r['summary']['median']['span']:.1f} us, err {r['max_rel_err']:.1e}", flush=True)
     slug = rio.device_slug(props.name)
     doc = {"device": props.name, "sms": props.multi_processor_count, **rio.stamp(),
-           "config": {"page_size": args.page_size, "kv": args.kv, "head_dim": args.head_dim, "pdl_flag": "pdl" if args.pdl else "no_pdl" if args.no_pdl else None,
-                      "grid_splits": args.grid_splits, "two_blocks": args.two_blocks,
-                      "late_trigger": args.late_trigger},
+           "config": {"page_size": args.page_size, "kv": args.kv, "head_dim": args.head_dim,
+                      "pdl_flag": {True: "pdl", False: "no_pdl"}.get(pdl), "grid_splits": args.grid_splits,
+                      "two_blocks": args.two_blocks, "late_trigger": args.late_trigger},
            "rows": rows}
-    slug += "-pdl" if args.pdl else "-nopdl" if args.no_pdl else ""
+    slug += {True: "-pdl", False: "-nopdl"}.get(pdl, "")
     slug += f"-x{args.grid_splits[0]}g{args.grid_splits[1]}" if args.grid_splits else ""
     slug += "-b2" if args.two_blocks else ""
     slug += "-lt" if args.late_trigger else ""
     rio.write_json(args.out / f"timeline-{slug}.json", doc)
     md = (f"# Block timeline (experiment 18) — {props.name}\n\ncommit `{doc['commit']}`; page {args.page_size}, "
-          f"KV {args.kv}, head_dim {args.head_dim}, 32/8 heads{', PDL' if args.pdl else ', no PDL' if args.no_pdl else ''}; medians over the "
-          f"launches after the first, µs from "
-          f"each launch's first block start.\n\n" + ts.markdown(rows) + "\n")
+          f"KV {args.kv}, head_dim {args.head_dim}, 32/8 heads{ {True: ', PDL', False: ', no PDL'}.get(pdl, '')}; "
+          f"medians over the launches after the first, µs from each launch's first block start.\n\n"
+          + ts.markdown(rows) + "\n")
     rio.write_text(args.out / f"timeline-{slug}.md", md)
     print(md)
     return 0

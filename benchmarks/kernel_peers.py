@@ -227,9 +227,9 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
             grid: Optional[int] = None, two_blocks: bool = False, late_trigger: bool = False) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
-    fp16 mma with fp8 KV (``kvprefetch_h16``; without it the product's default), lazy output rescaling (``kvprefetch_lr``; without it a variant keeps
-    the product's default), at most two blocks per SM (``kvprefetch_b2``), PDL released after the main loop
-    (``kvprefetch_pdl_lt``; without it the product's default), a fixed split count (``kvprefetch_x<n>``)."""
+    fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), at most two blocks per SM
+    (``kvprefetch_b2``), PDL released after the main loop (``kvprefetch_pdl_lt``), a fixed split count
+    (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's default."""
     name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid, two_blocks, late_trigger)
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
                                       "grid": grid if splits else None, "two_blocks": two_blocks,

@@ -13,7 +13,8 @@ variable                        default    meaning
                                            kernel layer's tuned default.
 ``KVPREFETCH_PDL``              ``auto``   programmatic dependent launch of the decode
                                            kernel: ``auto`` (the kernel layer's per-card
-                                           default), ``1`` or ``0`` (for serving A/B runs).
+                                           default), or a boolean forcing it on / off
+                                           (for serving A/B runs).
 ``KVPREFETCH_DISABLE``          ``0``      ``1``: do not use the kvprefetch decode kernel;
                                            SGLang's Triton attention backend serves
                                            instead (logged at start-up).
@@ -75,14 +76,16 @@ class KvPrefetchConfig:
         )
 
 
+def _as_bool(value: str) -> Optional[bool]:
+    return True if value in _TRUE else False if value in _FALSE else None
+
+
 def parse_bool(name: str, raw: Optional[str], default: bool, warnings: list) -> bool:
     if raw is None or raw.strip() == "":
         return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
+    value = _as_bool(raw.strip().lower())
+    if value is not None:
+        return value
     warnings.append(
         f'invalid value for {name}: "{raw}" is not a boolean (use 1/0, true/false, yes/no, on/off); '
         f"using default {int(default)}"
@@ -106,6 +109,17 @@ def parse_distance(name: str, raw: Optional[str], warnings: list) -> Optional[in
     return value
 
 
+def parse_auto_bool(name: str, raw: Optional[str], warnings: list) -> Optional[bool]:
+    """``auto`` (or unset) -> None, else a boolean as parse_bool reads it."""
+    if raw is None or raw.strip().lower() in ("", "auto"):
+        return None
+    value = _as_bool(raw.strip().lower())
+    if value is None:
+        warnings.append(f'invalid value for {name}: "{raw}" is neither auto nor a boolean (use auto, 1/0, true/false, '
+                        f'yes/no, on/off); using auto')
+    return value
+
+
 def parse_choice(name: str, raw: Optional[str], choices: Tuple[str, ...], warnings: list) -> str:
     if raw is None or raw.strip() == "":
         return choices[0]
@@ -124,7 +138,7 @@ def load_config(environ: Optional[Mapping[str, str]] = None) -> KvPrefetchConfig
     disable = parse_bool(ENV_DISABLE, env.get(ENV_DISABLE), False, warnings)
     validate = parse_bool(ENV_VALIDATE, env.get(ENV_VALIDATE), False, warnings)
     prefill = parse_choice(ENV_PREFILL, env.get(ENV_PREFILL), PREFILL_BACKENDS, warnings)
-    pdl = {"auto": None, "1": True, "0": False}[parse_choice(ENV_PDL, env.get(ENV_PDL), ("auto", "1", "0"), warnings)]
+    pdl = parse_auto_bool(ENV_PDL, env.get(ENV_PDL), warnings)
     return KvPrefetchConfig(
         prefetch_distance=distance, disable=disable, validate=validate, prefill_backend=prefill, pdl=pdl,
         warnings=tuple(warnings),

@@ -75,9 +75,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (None:
     ``f16_math_default``); ``lazy_rescale`` skips the output rescale while no row max grows by more than 2^8 (None:
-    ``lazy_rescale_default``). The
-    benchmark's ``--stages`` / ``--pdl`` / ``--no-pdl`` / ``--fp8-q`` / ``--f16-math`` / ``--lazy-rescale`` run them
-    as experiments; ``trace`` builds the block-timeline diagnostic (benchmarks/block_timeline.py); ``two_blocks``
+    ``lazy_rescale_default``). The benchmark's ``--stages`` / ``--pdl`` / ``--no-pdl`` / ``--fp8-q`` / ``--f16-math`` /
+    ``--lazy-rescale`` run them as experiments; ``trace`` builds the block-timeline diagnostic (benchmarks/block_timeline.py); ``two_blocks``
     pads the launch's shared memory so at most two blocks share an SM (``--two-blocks``); ``late_trigger`` (with
     ``pdl``) releases the next launch after the main loop (``--late-trigger``; None: ``late_trigger_default``).
     ``gpu_name`` (``torch.cuda.get_device_name``) picks the defaults measured on that card; "" means the H100's."""

@@ -39,8 +39,7 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config("bf16", False, 128, pf) for pf in (1, 4)]
         cfgs += [make_config("bf16", False, 128, 2, prefetch_bulk=True)]
         # the experiments' modules (kernel_bench --stages 6 / --pdl / --no-pdl / --fp8-q / --f16-math / --lazy-rescale
-        # / --two-blocks / --late-trigger,
-        # their GPU tests, and benchmarks/block_timeline.py's trace builds with and without PDL)
+        # / --two-blocks / --late-trigger, their GPU tests, and block_timeline.py's trace builds with and without PDL)
         base = [("bf16", False, 128), ("bf16", False, 64), ("bf16", True, 128)]
         cfgs += [make_config(q, fp8, d, 0, stages=6) for q, fp8, d in base]
         cfgs += [make_config(q, fp8, d, 0, pdl=p) for q, fp8, d in base for p in (False, True)]

@@ -85,5 +85,6 @@ def test_pdl_knob():
     assert load_config({}).pdl is None and "pdl=auto (KVPREFETCH_PDL)" in load_config({}).describe()
     assert load_config({"KVPREFETCH_PDL": "1"}).pdl is True
     assert load_config({"KVPREFETCH_PDL": " 0 "}).pdl is False
+    assert load_config({"KVPREFETCH_PDL": "On"}).pdl is True and load_config({"KVPREFETCH_PDL": "AUTO"}).pdl is None
     bad = load_config({"KVPREFETCH_PDL": "maybe"})
     assert bad.pdl is None and "KVPREFETCH_PDL" in bad.warnings[0]
