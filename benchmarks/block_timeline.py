@@ -22,7 +22,7 @@ import graph_timing as gt  # noqa: E402
 import kernel_grid as kg  # noqa: E402
 import results_io as rio  # noqa: E402
 import timeline_stats as ts  # noqa: E402
-from l2_telemetry import parse_shapes  # noqa: E402
+from kernel_grid import parse_shapes  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

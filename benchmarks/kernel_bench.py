@@ -45,6 +45,8 @@ MAX_SPLITS_SWEPT = 64  # --splits: the split workspace is sized for the largest 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shapes (1,1K) (1,16K) (8,2K) (64,512) (32,16K), page 16")
+    ap.add_argument("--shapes", type=str, default=None,
+                    help="batch x ctx list instead of the grid, e.g. 32x512,24x2K (targeted experiments)")
     ap.add_argument("--fp8", action="store_true", help="KV cache float8_e4m3fn (scales 1.0) instead of bf16")
     ap.add_argument("--page-size-64", action="store_true", help="page size 64 instead of 1 and 16")
     ap.add_argument("--page-sizes", type=str, default=None, help="explicit page sizes, e.g. 1,16,64")
@@ -146,7 +148,7 @@ def selected(args: argparse.Namespace):
     pages = [int(x) for x in args.page_sizes.split(",")] if args.page_sizes else None
     configs = kg.select_configs(fp8=args.fp8, page_size_64=args.page_size_64, group7=args.group7, hd64=args.hd64,
                                 quick=args.quick, page_sizes=pages)
-    grid = kg.QUICK_GRID if args.quick else kg.GRID
+    grid = kg.parse_shapes(args.shapes) if args.shapes else kg.QUICK_GRID if args.quick else kg.GRID
     kernels = [k for k in RUN_ORDER if (args.only is None or k in args.only or k == kg.READ_BOUND)]
     at = max(kernels.index(k) for k in (kg.READ_BOUND, "kvprefetch", "kvprefetch_d0") if k in kernels) + 1
     kernels[at:at] = [kg.variant_name(**s) for s in experiment_specs(args)]

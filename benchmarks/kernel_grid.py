@@ -18,6 +18,22 @@ GRID: Tuple[Tuple[int, int], ...] = (
 )
 QUICK_GRID: Tuple[Tuple[int, int], ...] = ((1, 1 * K), (1, 16 * K), (8, 2 * K), (64, 512), (32, 16 * K))
 
+
+def parse_shapes(spec: str) -> List[Tuple[int, int]]:
+    """'1x16384,8x2K' -> [(1, 16384), (8, 2048)]."""
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        b, _, c = part.lower().partition("x")
+        try:
+            ctx = int(c[:-1]) * 1024 if c.endswith("k") else int(c)
+            out.append((int(b), ctx))
+        except ValueError:
+            raise ValueError(f"--shapes: expected BATCHxCTX items, got {part!r}") from None
+    if not out:
+        raise ValueError("--shapes: empty")
+    return out
+
+
 # name -> (num_qo_heads, num_kv_heads, head_dim)
 HEAD_SHAPES: Dict[str, Tuple[int, int, int]] = {
     "llama3_8b": (32, 8, 128),   # default: Llama-3-8B / 3.1-8B attention

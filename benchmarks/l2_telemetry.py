@@ -64,25 +64,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if not 1 <= args.distance <= 8:
         ap.error("--distance: expected 1..8 (distance 0 is the kvprefetch_d0 row)")
     try:
-        args.shape_list = parse_shapes(args.shapes)
+        args.shape_list = kg.parse_shapes(args.shapes)
     except ValueError as e:
         ap.error(str(e))
     return args
-
-
-def parse_shapes(spec: str) -> List[Tuple[int, int]]:
-    """'1x16384,8x2K' -> [(1, 16384), (8, 2048)]."""
-    out = []
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        b, _, c = part.lower().partition("x")
-        try:
-            ctx = int(c[:-1]) * 1024 if c.endswith("k") else int(c)
-            out.append((int(b), ctx))
-        except ValueError:
-            raise ValueError(f"--shapes: expected BATCHxCTX items, got {part!r}") from None
-    if not out:
-        raise ValueError("--shapes: empty")
-    return out
 
 
 def kernels(distance: int) -> List[str]:

@@ -279,7 +279,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             doc["results"] = drv.results
             doc["wrong_outputs"] = [r for r in drv.results if not r["ok"]]
             doc["bad_tables_tried"] = sum(1 for r in drv.results if r.get("bad_table"))
-            doc["modules"] = sorted({w.config.tag for w in drv._wrappers.values()})
+            doc["modules"] = sorted({c.tag for w in drv._wrappers.values() for c in (w.config, w.wide_config) if c})
         doc["wall_s"] = round(time.perf_counter() - t0, 1)
         if args.out:
             rio.write_json(args.out, doc)

@@ -62,7 +62,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--manifest", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     try:
-        args.shape_list = l2.parse_shapes(args.shapes)
+        args.shape_list = kg.parse_shapes(args.shapes)
     except ValueError as e:
         ap.error(str(e))
     bad = [k for k in args.kernels if k not in kg.PEER_KERNELS and kg.parse_variant(k) is None]

@@ -11,10 +11,13 @@ variable                        default    meaning
 ``KVPREFETCH_PREFETCH_DISTANCE``  unset    L2 prefetch distance in KV tiles of 64 tokens
                                            (int 0..8; 0 turns prefetch off). Unset: the
                                            kernel layer's tuned default.
-``KVPREFETCH_PDL``              ``auto``   programmatic dependent launch of the decode
-                                           kernel: ``auto`` (the kernel layer's per-card
-                                           default), or a boolean forcing it on / off
-                                           (for serving A/B runs).
+``KVPREFETCH_PDL``              ``0``      programmatic dependent launch of the decode
+                                           kernel: off by default (in serving the kernel
+                                           after ours does not use it, and the early start
+                                           cost the 8B step 0.7 %: NOTES.md, run 15a);
+                                           ``auto`` takes the kernel layer's per-card
+                                           choice (what kernel_bench measures), a boolean
+                                           forces it on / off.
 ``KVPREFETCH_DISABLE``          ``0``      ``1``: do not use the kvprefetch decode kernel;
                                            SGLang's Triton attention backend serves
                                            instead (logged at start-up).
@@ -62,7 +65,7 @@ class KvPrefetchConfig:
     disable: bool = False
     validate: bool = False
     prefill_backend: str = "auto"
-    pdl: Optional[bool] = None  # None: auto
+    pdl: Optional[bool] = False  # None: auto (the kernel layer's per-card default)
     warnings: Tuple[str, ...] = field(default=(), compare=False)
 
     def describe(self) -> str:
@@ -109,14 +112,18 @@ def parse_distance(name: str, raw: Optional[str], warnings: list) -> Optional[in
     return value
 
 
-def parse_auto_bool(name: str, raw: Optional[str], warnings: list) -> Optional[bool]:
-    """``auto`` (or unset) -> None, else a boolean as parse_bool reads it."""
-    if raw is None or raw.strip().lower() in ("", "auto"):
+def parse_auto_bool(name: str, raw: Optional[str], default: Optional[bool], warnings: list) -> Optional[bool]:
+    """``auto`` -> None, unset -> ``default``, else a boolean as parse_bool reads it."""
+    if raw is None or raw.strip() == "":
+        return default
+    if raw.strip().lower() == "auto":
         return None
     value = _as_bool(raw.strip().lower())
     if value is None:
+        shown = "auto" if default is None else int(default)
         warnings.append(f'invalid value for {name}: "{raw}" is neither auto nor a boolean (use auto, 1/0, true/false, '
-                        f'yes/no, on/off); using auto')
+                        f'yes/no, on/off); using {shown}')
+        return default
     return value
 
 
@@ -138,7 +145,7 @@ def load_config(environ: Optional[Mapping[str, str]] = None) -> KvPrefetchConfig
     disable = parse_bool(ENV_DISABLE, env.get(ENV_DISABLE), False, warnings)
     validate = parse_bool(ENV_VALIDATE, env.get(ENV_VALIDATE), False, warnings)
     prefill = parse_choice(ENV_PREFILL, env.get(ENV_PREFILL), PREFILL_BACKENDS, warnings)
-    pdl = parse_auto_bool(ENV_PDL, env.get(ENV_PDL), warnings)
+    pdl = parse_auto_bool(ENV_PDL, env.get(ENV_PDL), False, warnings)
     return KvPrefetchConfig(
         prefetch_distance=distance, disable=disable, validate=validate, prefill_backend=prefill, pdl=pdl,
         warnings=tuple(warnings),

@@ -9,7 +9,7 @@ import torch
 
 from .device import is_supported_device
 from .errors import KernelUnavailableError
-from .jit_spec import make_config
+from .jit_spec import make_config, wide_config
 from .loader import describe_load, load_module
 from .validation import check_index_values, check_shape, check_tensor, validation_mode
 
@@ -176,7 +176,10 @@ class BatchDecodeWithPagedKVCache:
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name)
         if late_trigger and not self.config.pdl:
             raise ValueError(f"late_trigger: expected False or None unless the launch uses PDL, got pdl={pdl!r}")
+        # with the tuned ring depth, a second module with a shallower ring runs the batches that fill every SM
+        self.wide_config = wide_config(self.config, gpu_name) if stages is None else None
         self._module = None
+        self._wide = None
         self._plan = None
 
     # ---- set-up (allocates; call outside CUDA-graph capture)
@@ -188,13 +191,19 @@ class BatchDecodeWithPagedKVCache:
         if not ok:
             raise KernelUnavailableError(reason)
         mod = load_module(self.config)
+        wide = load_module(self.wide_config) if self.wide_config is not None else None
         with torch.cuda.device(self.device):
             blocks_per_sm = int(mod.blocks_per_sm())
+            wide_blocks_per_sm = int(wide.blocks_per_sm()) if wide is not None else 0
         if blocks_per_sm < 1:
             raise KernelUnavailableError(f"{self.config.tag}: no block fits on an SM (shared memory)")
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.target_blocks = sms * blocks_per_sm
         self.short_target_blocks = sms * min(blocks_per_sm, SHORT_BLOCKS_PER_SM)
+        if wide_blocks_per_sm <= blocks_per_sm:  # no more blocks per SM on this card: nothing to pick it for
+            wide, self.wide_config = None, None
+        self.wide_target_blocks = sms * wide_blocks_per_sm
+        self._wide = wide
         rows = max(b * self.num_kv_heads * self.num_splits_for(b) for b in range(1, self.max_batch_size + 1))
         rows *= self.group
         self._part_o = torch.empty(rows * self.head_dim, dtype=torch.float32, device=self.device)
@@ -214,16 +223,34 @@ class BatchDecodeWithPagedKVCache:
             check_tensor("buf", buf, dtype=torch.int64, ndim=1, device=self.device)
         self._module.set_trace(buf if buf is not None else torch.empty(0, dtype=torch.int64, device=self.device))
 
+    def uses_wide(self, batch_size: int) -> bool:
+        """Whether ``batch_size`` runs on the shallow-ring module (experiment 28): where even one split per (request,
+        kv head) fills more than half the deep module's slots. Below that its plan for short requests is the same
+        and the deeper ring keeps more bytes in flight per block."""
+        return self._wide is not None and 2 * batch_size * self.num_kv_heads > self.target_blocks
+
+    def config_for(self, batch_size: int):
+        """The configuration of the module a batch of ``batch_size`` runs on (``uses_wide``)."""
+        return self.wide_config if self.uses_wide(batch_size) else self.config
+
     def num_splits_for(self, batch_size: int) -> int:
-        return split_count(batch_size, self.num_kv_heads, self.target_blocks)
+        target = self.wide_target_blocks if self.uses_wide(batch_size) else self.target_blocks
+        return split_count(batch_size, self.num_kv_heads, target)
 
     def short_splits_for(self, batch_size: int) -> int:
         """The split count of requests whose splits would be short (the kernel clamps it to num_splits_for)."""
         return split_count(batch_size, self.num_kv_heads, self.short_target_blocks)
 
     def describe_module(self) -> str:
-        """'<module name> (<prebuilt | JIT cache | compiled | rebuilt>, <seconds>)' once loaded, for logs."""
-        return describe_load(self.config)
+        """'<module name> (<prebuilt | JIT cache | compiled | rebuilt>, <seconds>)' once loaded, for logs; with the
+        shallow-ring module too where there is one."""
+        desc = describe_load(self.config)
+        if self.wide_config is not None:
+            desc += f"; from batch {self._first_wide_batch()}: {describe_load(self.wide_config)}"
+        return desc
+
+    def _first_wide_batch(self) -> int:
+        return self.target_blocks // (2 * self.num_kv_heads) + 1
 
     # ---- per decode step
     def plan(self, kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_last_page_len: torch.Tensor,
@@ -252,8 +279,10 @@ class BatchDecodeWithPagedKVCache:
             kv_indptr, kv_indices, kv_last_page_len = (
                 t.to(self.device, non_blocking=True) for t in (kv_indptr, kv_indices, kv_last_page_len)
             )
-        self._plan = (kv_indptr, kv_indices, kv_last_page_len, batch_size, self.num_splits_for(max(batch_size, 1)),
-                      self.short_splits_for(max(batch_size, 1)))
+        b = max(batch_size, 1)
+        module = self._wide if self.uses_wide(b) else self._module
+        self._plan = (kv_indptr, kv_indices, kv_last_page_len, batch_size, self.num_splits_for(b),
+                      self.short_splits_for(b), module)
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *, sm_scale: float | None = None,
             logits_soft_cap: float = 0.0, k_scale: float = 1.0, v_scale: float = 1.0,
@@ -261,7 +290,7 @@ class BatchDecodeWithPagedKVCache:
         """Attention of each q row over its request's KV; returns ``out`` (and ``lse``, natural log, if asked)."""
         if self._plan is None:
             raise ValueError("run: plan() must be called before run()")
-        kv_indptr, kv_indices, kv_last_page_len, batch, num_splits, short_splits = self._plan
+        kv_indptr, kv_indices, kv_last_page_len, batch, num_splits, short_splits, module = self._plan
         hq, hkv, d = self.num_qo_heads, self.num_kv_heads, self.head_dim
         check_tensor("q", q, dtype=self.q_dtype, ndim=3, device=self.device)
         check_shape("q", q, (batch, hq, d))
@@ -304,7 +333,7 @@ class BatchDecodeWithPagedKVCache:
             pre, post, has_cap = sm_scale * k_scale * _LOG2E, 0.0, 0
         if self.kv_dtype == _FP8:  # DLPack has no portable float8: hand the kernel the bytes
             k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
-        self._module.run(
+        module.run(
             q, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, out, lse,
             self._part_o, self._part_lse, self._counters,
             num_splits, short_splits, MIN_CHUNK_TOKENS, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),

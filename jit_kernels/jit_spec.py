@@ -93,6 +93,21 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                         late_trigger)
 
 
+# The shallower ring of the modules that fit three blocks per SM: it fits four, for grids that fill them (experiment 28)
+WIDE_STAGES = {(64, False): 3, (128, True): 3}
+
+
+def wide_config(cfg: DecodeConfig, gpu_name: str = "") -> DecodeConfig | None:
+    """The module the op runs where the batch fills every SM (``BatchDecodeWithPagedKVCache.uses_wide``): ``cfg``
+    with the shallower ring, for the table's own ring depth of fp8 KV at head_dim 128 and 16-bit KV at head_dim 64,
+    on an H200 (experiments 27, 28: −8 … −25 % at batch ≥ 32; the H100 is unmeasured). None elsewhere, and for the
+    experiments that size the launch themselves (``two_blocks``, ``trace``)."""
+    key = (cfg.head_dim, cfg.kv_fp8)
+    if key not in WIDE_STAGES or cfg.stages != STAGES[key] or cfg.two_blocks or cfg.trace or "H200" not in gpu_name:
+        return None
+    return dataclasses.replace(cfg, stages=WIDE_STAGES[key])
+
+
 def pdl_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
     """On where it measured faster: 16-bit KV at head_dim 128 (two blocks per SM), where the next launch's start and
     page-table walk overlap this one's tail and merge (run 12, experiment 20: geomean −4 … −5 %, −1 … −4 µs per layer

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from .cuda_toolkit import find_cuda_home
-from .jit_spec import DecodeConfig, make_config
+from .jit_spec import DecodeConfig, make_config, wide_config
 
 
 def configs(which: str) -> list[DecodeConfig]:
@@ -33,8 +33,10 @@ def configs(which: str) -> list[DecodeConfig]:
         combos = list(itertools.product(("bf16", "f16"), (False, True), (64, 128, 256)))
         distances = (0, 2) if which == "tests" else (0, 1, 2, 3, 4)
     # the defaults of every card with its own (the H100's, and the H200's plain launch at head_dim 64)
-    cfgs = [make_config(q, fp8, d, pf, gpu_name=gpu) for (q, fp8, d) in combos for pf in distances
-            for gpu in ("", "NVIDIA H200")]
+    defaults = [(make_config(q, fp8, d, pf, gpu_name=gpu), gpu) for (q, fp8, d) in combos for pf in distances
+                for gpu in ("", "NVIDIA H200")]
+    cfgs = [c for c, _ in defaults]
+    cfgs += [w for c, gpu in defaults if (w := wide_config(c, gpu)) is not None]  # the large batches' modules
     if which != "default":  # the prefetch ablation of the benchmark: other distances, and the copy-engine mode
         cfgs += [make_config("bf16", False, 128, pf) for pf in (1, 4)]
         cfgs += [make_config("bf16", False, 128, 2, prefetch_bulk=True)]

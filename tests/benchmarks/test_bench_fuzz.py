@@ -137,6 +137,9 @@ class FakeKernel:
     def __init__(self, defect=None):
         self.defect, self.config = defect, SimpleNamespace(tag="fake")
 
+    def config_for(self, batch):
+        return self.config
+
     def num_splits_for(self, batch):
         return 4
 

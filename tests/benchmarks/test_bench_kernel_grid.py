@@ -92,3 +92,10 @@ def test_estimate_fits_budget():
     assert est["total_s"] == pytest.approx(sum(v for k, v in est.items() if k != "total_s"))
     quick = kg.estimate_seconds(kg.select_configs(quick=True), kg.QUICK_GRID, kg.ALL_KERNELS)
     assert quick["gpu_s"] < est["gpu_s"]
+
+
+def test_parse_shapes():
+    assert kg.parse_shapes("1x16384, 8x2K") == [(1, 16384), (8, 2048)]
+    for bad in ("8by2048", "", "xK"):
+        with pytest.raises(ValueError, match="--shapes"):
+            kg.parse_shapes(bad)

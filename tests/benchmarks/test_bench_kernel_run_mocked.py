@@ -290,3 +290,10 @@ def test_read_bound_last_moves_only_the_read_row():
     _, _, first = kernel_bench.selected(kernel_bench.parse_args(["--quick"]))
     _, _, last = kernel_bench.selected(kernel_bench.parse_args(["--quick", "--read-bound-last"]))
     assert first[0] == "read_bound" and last[-1] == "read_bound" and last[:-1] == first[1:]
+
+
+def test_shapes_flag_replaces_the_grid():
+    _, grid, _ = kernel_bench.selected(kernel_bench.parse_args(["--shapes", "32x512,24x2K", "--quick"]))
+    assert grid == [(32, 512), (24, 2048)]
+    _, grid, _ = kernel_bench.selected(kernel_bench.parse_args([]))
+    assert tuple(grid) == kg.GRID

@@ -402,3 +402,22 @@ def test_two_blocks_variant_plans_for_two_per_sm(kv_fp8, d):
     kw = dict(sm_scale=1.0 / math.sqrt(d), k_scale=0.5 if kv_fp8 else 1.0, v_scale=1.5 if kv_fp8 else 1.0)
     _assert_variant_as_close_as_default(inp, d, 16, kv, kw, dict(pdl=True, two_blocks=True),
                                         3e-2 if kv_fp8 else 1e-2)
+
+
+@pytest.mark.parametrize("kv_fp8,d", [(True, 128), (False, 64)])
+def test_wide_module_runs_the_batches_that_fill_every_sm(kv_fp8, d):
+    """Experiment 28: on an H200 these families run batches past half the deep module's slots on a 3-deep ring that
+    fits four blocks per SM, and stay as close to the float64 reference on both sides of the switch; on other cards
+    there is one module."""
+    w = wrapper(32, 8, d, 16, torch.bfloat16, kv_fp8, 0)
+    if "H200" not in torch.cuda.get_device_name():
+        assert w.wide_config is None and not w.uses_wide(256)
+        return
+    first = w.target_blocks // 16 + 1
+    assert not w.uses_wide(first - 1) and w.uses_wide(first) and w.config_for(first).stages == 3
+    assert w._wide.blocks_per_sm() == 4 and w._module.blocks_per_sm() == 3
+    assert w.num_splits_for(first) == w.wide_target_blocks // (first * 8) > w.target_blocks // (first * 8)
+    rng = random.Random(28 + d)
+    for batch in (first - 1, first, 2 * first):
+        lens = [rng.choice((1, 15, 16, 700, 3000, 9000)) for _ in range(batch)]
+        assert check(lens, hq=32, hkv=8, d=d, page=16, fp8=kv_fp8, pf=0, seed=batch) < (3e-2 if kv_fp8 else 1e-2)

@@ -175,3 +175,24 @@ def test_prebuild_sets_name_each_module_once():
     for which in ("default", "tests", "all"):
         cfgs = configs(which)
         assert len({c.tag for c in cfgs}) == len(cfgs), which  # ninja refuses two rules for one module
+
+
+def test_wide_module_only_for_the_three_blocks_families_on_an_h200():
+    """Experiment 28: fp8 KV at head_dim 128 and 16-bit KV at head_dim 64 get a 3-deep second module on an H200,
+    with every other flag of the default; nothing for other families, other cards, or explicit ring depths."""
+    from kvprefetch.jit_kernels.jit_spec import make_config, wide_config
+    from kvprefetch.jit_kernels.prebuild import configs
+
+    h200, h100 = "NVIDIA H200", "NVIDIA H100 80GB HBM3"
+    for q, fp8, d in (("bf16", True, 128), ("f16", True, 128), ("bf16", False, 64), ("f16", False, 64)):
+        cfg = make_config(q, fp8, d, 0, gpu_name=h200)
+        wide = wide_config(cfg, h200)
+        assert wide.stages == 3 and dataclasses.replace(wide, stages=cfg.stages) == cfg
+        assert wide in configs("default" if q == "bf16" and (fp8 or d == 64) else "tests")
+        assert wide_config(make_config(q, fp8, d, 0, gpu_name=h100), h100) is None
+        for kw in (dict(stages=6), dict(two_blocks=True), dict(trace=True)):
+            assert wide_config(make_config(q, fp8, d, 0, gpu_name=h200, **kw), h200) is None
+    for fp8, d in ((False, 128), (True, 64), (False, 256), (True, 256)):
+        assert wide_config(make_config("bf16", fp8, d, 0, gpu_name=h200), h200) is None
+    w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", stages=4)
+    assert w.wide_config is None and not w.uses_wide(256)  # an explicit ring depth is one module
