@@ -196,3 +196,35 @@ def test_wide_module_only_for_the_three_blocks_families_on_an_h200():
         assert wide_config(make_config("bf16", fp8, d, 0, gpu_name=h200), h200) is None
     w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", stages=4)
     assert w.wide_config is None and not w.uses_wide(256)  # an explicit ring depth is one module
+
+
+def test_wide_module_plan_on_a_faked_h200(monkeypatch):
+    """The pick and the split plans of experiment 28 without a GPU: 132 SMs, a deep module of 3 blocks per SM and a
+    shallow twin of 4. Batches from 25 (8 kv heads) run on the twin, plan for its slots, and size the workspace."""
+    import contextlib
+    import types
+
+    from kvprefetch.jit_kernels import decode
+    from kvprefetch.jit_kernels.jit_spec import make_config, wide_config
+
+    def fake(cfg):
+        return types.SimpleNamespace(blocks_per_sm=lambda: 4 if cfg.stages == 3 else 3, stages=cfg.stages)
+
+    monkeypatch.setattr(decode, "is_supported_device", lambda device: (True, ""))
+    monkeypatch.setattr(decode, "load_module", fake)
+    monkeypatch.setattr(decode, "wide_config", lambda cfg, gpu: wide_config(cfg, "NVIDIA H200"))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(multi_processor_count=132))
+    w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu").load()
+    assert w.config == make_config("bf16", True, 128, 0) and w.wide_config.stages == 3
+    assert [w.uses_wide(b) for b in (1, 24, 25, 256)] == [False, False, True, True]
+    assert (w.num_splits_for(24), w.num_splits_for(25), w.num_splits_for(32)) == (2, 2, 2)  # 396 // 192; 528 // 200, 256
+    assert w.num_splits_for(64) == 1 and w.short_splits_for(32) == 1
+    assert "from batch 25: " in w.describe_module()
+    ind = torch.zeros(32 * 4, dtype=torch.int32)
+    w.plan(torch.arange(0, 33 * 4, 4, dtype=torch.int32), ind, torch.ones(32, dtype=torch.int32))
+    assert w._plan[-1] is w._wide and w._plan[4:6] == (2, 1)
+    w.plan(torch.arange(0, 17 * 4, 4, dtype=torch.int32), ind, torch.ones(16, dtype=torch.int32))
+    assert w._plan[-1] is w._module and w._plan[4:6] == (3, 2)
+    assert w._part_lse.numel() == w.group * max(b * 8 * w.num_splits_for(b) for b in range(1, 257))
