@@ -75,7 +75,9 @@ class BatchDecodeWithPagedKVCache:
     when ``page_size == 1``, SGLang's token pool with no copy); the page table is ``kv_indptr [B+1]``,
     ``kv_indices [nnz_pages]`` and ``kv_last_page_len [B]`` (int32).
 
-    Experiments (the tuned defaults are what the benchmarks report): ``stages`` overrides the cp.async ring depth;
+    Experiments (the tuned defaults are what the benchmarks report): ``stages`` overrides the cp.async ring depth
+    (None: the tuned table, and on an H200 for fp8 KV at head_dim 128 and 16-bit KV at head_dim 64 a shallower twin
+    module for the batches that fill every SM, ``uses_wide``; experiment 28);
     ``pdl`` (None: ``pdl_default``, on for 16-bit KV at head_dim 64 and 128, at 64 not on an H200) launches with
     programmatic dependent launch: each block lets the next kernel in the stream launch (at its start, or after its
     main loop with ``late_trigger``), and warms L2 with its first tiles while the previous kernel finishes (it waits
@@ -191,19 +193,14 @@ class BatchDecodeWithPagedKVCache:
         if not ok:
             raise KernelUnavailableError(reason)
         mod = load_module(self.config)
-        wide = load_module(self.wide_config) if self.wide_config is not None else None
         with torch.cuda.device(self.device):
             blocks_per_sm = int(mod.blocks_per_sm())
-            wide_blocks_per_sm = int(wide.blocks_per_sm()) if wide is not None else 0
         if blocks_per_sm < 1:
             raise KernelUnavailableError(f"{self.config.tag}: no block fits on an SM (shared memory)")
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.target_blocks = sms * blocks_per_sm
         self.short_target_blocks = sms * min(blocks_per_sm, SHORT_BLOCKS_PER_SM)
-        if wide_blocks_per_sm <= blocks_per_sm:  # no more blocks per SM on this card: nothing to pick it for
-            wide, self.wide_config = None, None
-        self.wide_target_blocks = sms * wide_blocks_per_sm
-        self._wide = wide
+        self._load_wide(sms, blocks_per_sm)
         rows = max(b * self.num_kv_heads * self.num_splits_for(b) for b in range(1, self.max_batch_size + 1))
         rows *= self.group
         self._part_o = torch.empty(rows * self.head_dim, dtype=torch.float32, device=self.device)
@@ -212,6 +209,18 @@ class BatchDecodeWithPagedKVCache:
         self.workspace_bytes = sum(t.numel() * t.element_size() for t in (self._part_o, self._part_lse, self._counters))
         self._module = mod
         return self
+
+    def _load_wide(self, sms: int, blocks_per_sm: int) -> None:
+        """The shallow-ring twin, where a batch this op may plan reaches it and it fits more blocks per SM."""
+        self._wide, self.wide_target_blocks = None, 0
+        if self.wide_config is not None and self.max_batch_size >= self._first_wide_batch():
+            wide = load_module(self.wide_config)
+            with torch.cuda.device(self.device):
+                wide_blocks_per_sm = int(wide.blocks_per_sm())
+            if wide_blocks_per_sm > blocks_per_sm:
+                self._wide, self.wide_target_blocks = wide, sms * wide_blocks_per_sm
+        if self._wide is None:
+            self.wide_config = None
 
     def set_trace(self, buf: torch.Tensor | None) -> None:
         """Experiment 18 (``trace=True`` only): later launches append one record per block to ``buf`` (int64 on the
@@ -227,7 +236,7 @@ class BatchDecodeWithPagedKVCache:
         """Whether ``batch_size`` runs on the shallow-ring module (experiment 28): where even one split per (request,
         kv head) fills more than half the deep module's slots. Below that its plan for short requests is the same
         and the deeper ring keeps more bytes in flight per block."""
-        return self._wide is not None and 2 * batch_size * self.num_kv_heads > self.target_blocks
+        return self._wide is not None and batch_size >= self._first_wide_batch()
 
     def config_for(self, batch_size: int):
         """The configuration of the module a batch of ``batch_size`` runs on (``uses_wide``)."""
@@ -250,6 +259,7 @@ class BatchDecodeWithPagedKVCache:
         return desc
 
     def _first_wide_batch(self) -> int:
+        """The smallest batch with 2 x batch x kv_heads > the deep module's slots."""
         return self.target_blocks // (2 * self.num_kv_heads) + 1
 
     # ---- per decode step

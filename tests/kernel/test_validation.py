@@ -228,3 +228,6 @@ def test_wide_module_plan_on_a_faked_h200(monkeypatch):
     w.plan(torch.arange(0, 17 * 4, 4, dtype=torch.int32), ind, torch.ones(16, dtype=torch.int32))
     assert w._plan[-1] is w._module and w._plan[4:6] == (3, 2)
     assert w._part_lse.numel() == w.group * max(b * 8 * w.num_splits_for(b) for b in range(1, 257))
+    small = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", max_batch_size=24)
+    assert small.load().wide_config is None and not small.uses_wide(24)  # no batch it plans reaches the twin
+    assert "from batch" not in small.describe_module()
