@@ -17,7 +17,8 @@ class FakeDecodeWrapper:
     instances: List["FakeDecodeWrapper"] = []
 
     def __init__(self, num_qo_heads, num_kv_heads, head_dim, page_size, q_dtype, kv_dtype, device,
-                 max_batch_size=256, prefetch_distance=None):
+                 max_batch_size=256, prefetch_distance=None, pdl=None):
+        self.pdl = pdl
         self.num_qo_heads, self.num_kv_heads, self.head_dim = num_qo_heads, num_kv_heads, head_dim
         self.page_size, self.q_dtype, self.kv_dtype = page_size, q_dtype, kv_dtype
         self.device, self.max_batch_size, self.prefetch_distance = device, max_batch_size, prefetch_distance
