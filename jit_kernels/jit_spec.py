@@ -100,8 +100,8 @@ WIDE_STAGES = {(64, False): 3, (128, True): 3}
 def wide_config(cfg: DecodeConfig, gpu_name: str = "") -> DecodeConfig | None:
     """The module the op runs where the batch fills every SM (``BatchDecodeWithPagedKVCache.uses_wide``): ``cfg``
     with the shallower ring, for the table's own ring depth of fp8 KV at head_dim 128 and 16-bit KV at head_dim 64,
-    on an H200 (experiments 27, 28: −8 … −25 % at batch ≥ 32; the H100 is unmeasured). None elsewhere, and for the
-    experiments that size the launch themselves (``two_blocks``, ``trace``)."""
+    on an H200 (experiments 27, 28: −8 … −31 % at batch ≥ 25, +6 … +10 % at 32 × 512; the H100 is unmeasured).
+    None elsewhere, and for the experiments that size the launch themselves (``two_blocks``, ``trace``)."""
     key = (cfg.head_dim, cfg.kv_fp8)
     if key not in WIDE_STAGES or cfg.stages != STAGES[key] or cfg.two_blocks or cfg.trace or "H200" not in gpu_name:
         return None
