@@ -27,6 +27,9 @@
 #ifndef KVP_LATE_TRIGGER
 #define KVP_LATE_TRIGGER 0  // with PDL: release the next launch after the main loop, not at the start (experiment 23)
 #endif
+#ifndef KVP_CLUSTER_MERGE
+#define KVP_CLUSTER_MERGE 0  // the splits of a (request, kv head) merge through a cluster's shared memory (exp. 30)
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -90,7 +93,12 @@ struct DecodeParams {
   float score_post;  // cap: cap*log2(e)
   int32_t has_cap;
   float v_scale;
+#if KVP_CLUSTER_MERGE
+  int32_t cluster;  // launched with cluster dims (1, 1, num_splits): merge through distributed shared memory
+#endif
 };
+
+constexpr int kMaxClusterSplits = 16;  // the largest (non-portable) cluster of sm_90
 
 template <typename TQ, typename TKV, int D, int STAGES, int PF>
 struct DecodeCfg {
@@ -108,7 +116,8 @@ struct DecodeCfg {
   static constexpr int kOffRows = kOffV + STAGES * kStageBytes;
   static constexpr int kOffRed = kOffRows + kSlots * kTile * 8;
   static constexpr int kOffFlag = kOffRed + 2 * kWarps * kRows * 4;
-  static constexpr int kSmemBytes = kOffFlag + 16;
+  static constexpr int kOffPartLse = kOffFlag + 16;  // cluster merge: this split's lse per row
+  static constexpr int kSmemBytes = kOffPartLse + (KVP_CLUSTER_MERGE ? kRows * 4 : 0);
   static constexpr int kOBytes = kWarps * kRows * D * 4;  // cross-warp reduction buffer, aliases the stages
   static_assert(STAGES >= 2, "need at least two stages");
   static_assert(D == 64 || D == 128 || D == 256, "head_dim must be 64, 128 or 256");
@@ -546,6 +555,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     if (p.lse != nullptr && c4 == 0) p.lse[(int64_t)b * p.num_kv_heads * group + qo_head0 + r] = lse2 * CUDART_LN2_F;
   };
   const bool single = n_act == 1;
+#if KVP_CLUSTER_MERGE
+  const bool in_cluster = p.cluster && !single;
+  float* part_lse_smem = reinterpret_cast<float*>(smem + C::kOffPartLse);
+#endif
   const int64_t part_row0 = (((int64_t)b * p.num_kv_heads + head) * p.num_splits) * group;
   for (int i = tid; i < group * (D / 4); i += C::kThreads) {
     const int r = i / (D / 4), c4 = i % (D / 4);
@@ -573,6 +586,11 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     const float lse2 = mu + log2f(lsum);
     if (single) {
       write_out(r, c4, acc, lse2);
+#if KVP_CLUSTER_MERGE
+    } else if (in_cluster) {  // into warp 0's row r of the reduction buffer, which only this thread reads
+      *reinterpret_cast<float4*>(obuf + r * D + c4 * 4) = acc;
+      if (c4 == 0) part_lse_smem[r] = lse2;
+#endif
     } else {
       const int64_t row = part_row0 + (int64_t)split * group + r;
       *reinterpret_cast<float4*>(p.part_o + row * D + c4 * 4) = acc;
@@ -585,6 +603,57 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     return;
   }
 
+#if KVP_CLUSTER_MERGE
+  if (in_cluster) {  // split s is cluster rank s; split 0 merges the partials the active splits hold in shared memory
+    cluster_sync();
+    KVP_STAMP(4, 0);
+    if (split == 0) {
+      for (int i = tid; i < group * (D / 4); i += C::kThreads) {
+        const int r = i / (D / 4), c4 = i % (D / 4);
+        // eight splits per round of loads (sixteen would hold 80 registers and cost the 3-deep twins their
+        // fourth block per SM), merged with a running max
+        constexpr int kChunk = 8;
+        float mrun = -CUDART_INF_F, wsum = 0.f;
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int s0 = 0; s0 < n_act; s0 += kChunk) {
+          float ls[kChunk];
+          float4 ov[kChunk];
+#pragma unroll
+          for (int j = 0; j < kChunk; ++j) {  // every load of the round issued before any is used
+            if (s0 + j < n_act) {
+              ls[j] = ld_cluster_f32(cluster_peer_addr(part_lse_smem + r, s0 + j));
+              ov[j] = ld_cluster_f32x4(cluster_peer_addr(obuf + r * D + c4 * 4, s0 + j));
+            }
+          }
+          float mnew = mrun;
+#pragma unroll
+          for (int j = 0; j < kChunk; ++j) mnew = s0 + j < n_act ? fmaxf(mnew, ls[j]) : mnew;
+          const float keep = mrun == -CUDART_INF_F ? 0.f : exp2f(mrun - mnew);
+          wsum *= keep;
+          acc = make_float4(acc.x * keep, acc.y * keep, acc.z * keep, acc.w * keep);
+#pragma unroll
+          for (int j = 0; j < kChunk; ++j) {
+            if (s0 + j < n_act) {
+              const float ws = exp2f(ls[j] - mnew);
+              wsum += ws;
+              acc.x += ws * ov[j].x;
+              acc.y += ws * ov[j].y;
+              acc.z += ws * ov[j].z;
+              acc.w += ws * ov[j].w;
+            }
+          }
+          mrun = mnew;
+        }
+        const float inv = 1.f / wsum;
+        write_out(r, c4, make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv), mrun + log2f(wsum));
+      }
+    }
+    cluster_sync();  // no split exits (freeing its shared memory) before split 0 has read it
+    KVP_STAMP(5, 0);
+    KVP_TRACE_OUT(split == 0 ? kTrMerger : kTrPartial, n_act, ntiles);
+    return;
+  }
+#endif
   // ---- the last split of (request, kv head) to finish merges all partials; no second launch
   int* flag = reinterpret_cast<int*>(smem + C::kOffFlag);
   __threadfence();

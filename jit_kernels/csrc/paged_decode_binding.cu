@@ -1,6 +1,7 @@
 // tvm-ffi entry points of one specialised decode module. The specialisation comes from -D flags set by the
 // JIT spec (jit_kernels/jit_spec.py): KVP_Q_BF16, KVP_KV_FP8, KVP_HEAD_DIM, KVP_STAGES, KVP_PREFETCH,
-// KVP_PREFETCH_BULK, and the experiments' optional flags (KVP_PDL, KVP_LATE_TRIGGER, KVP_TWO_BLOCKS, KVP_TRACE, ...).
+// KVP_PREFETCH_BULK, and the experiments' optional flags (KVP_PDL, KVP_LATE_TRIGGER, KVP_TWO_BLOCKS, KVP_TRACE,
+// KVP_CLUSTER_MERGE, ...).
 #include <algorithm>
 
 #include <tvm/ffi/container/tensor.h>
@@ -58,14 +59,48 @@ int launch_smem() {
 #endif
 }
 
+constexpr auto kKernel = kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>;
+
 void enable_smem() {
   static bool done = false;  // one module per process and specialisation; a benign race sets it twice
   if (!done) {
-    KVP_CHECK_CUDA(cudaFuncSetAttribute(kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, launch_smem()));
+    KVP_CHECK_CUDA(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, launch_smem()));
+#if KVP_CLUSTER_MERGE
+    KVP_CHECK_CUDA(cudaFuncSetAttribute(kKernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+#endif
     done = true;
   }
 }
+
+#if KVP_CLUSTER_MERGE
+// Whether a grid of `num_splits`-wide clusters (one per (kv head, request)) can run on this card: 2..16 splits, and
+// at least one such cluster fits a GPC with this module's shared memory. Otherwise the splits merge through global
+// memory (experiment 30). Checked once per split count; one device type per process.
+bool cluster_fits(int64_t num_splits, int64_t num_kv_heads, int64_t batch) {
+  enable_smem();
+  if (num_splits < 2 || num_splits > kvp::kMaxClusterSplits) return false;
+  static int fits[kvp::kMaxClusterSplits + 1] = {};  // 0 unknown, 1 yes, 2 no
+  int& known = fits[num_splits];
+  if (known == 0) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = static_cast<unsigned>(num_splits);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned>(num_kv_heads), static_cast<unsigned>(batch),
+                       static_cast<unsigned>(num_splits));
+    cfg.blockDim = dim3(Cfg::kThreads);
+    cfg.dynamicSmemBytes = launch_smem();
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    KVP_CHECK_CUDA(cudaOccupancyMaxActiveClusters(&clusters, kKernel, &cfg));
+    known = clusters > 0 ? 1 : 2;
+  }
+  return known == 1;
+}
+#endif
 
 int64_t smem_bytes() { return launch_smem(); }
 
@@ -74,7 +109,7 @@ int64_t blocks_per_sm() {
   enable_smem();
   int n = 0;
   KVP_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &n, kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>, Cfg::kThreads, launch_smem()));
+      &n, kKernel, Cfg::kThreads, launch_smem()));
   return n;
 }
 
@@ -123,20 +158,32 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   const dim3 grid(static_cast<unsigned>(num_kv_heads), static_cast<unsigned>(batch),
                   static_cast<unsigned>(num_splits));
   auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(q.device().device_type, q.device().device_id));
+#if KVP_PDL || KVP_CLUSTER_MERGE
+  cudaLaunchAttribute attr[2];
+  unsigned num_attrs = 0;
 #if KVP_PDL
   // May start while the previous kernel in the stream is still running; the kernel waits (griddepcontrol.wait)
   // before it reads anything that kernel may write.
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  attr[num_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[num_attrs++].val.programmaticStreamSerializationAllowed = 1;
+#endif
+#if KVP_CLUSTER_MERGE
+  p.cluster = cluster_fits(num_splits, num_kv_heads, batch);
+  if (p.cluster) {
+    attr[num_attrs].id = cudaLaunchAttributeClusterDimension;
+    attr[num_attrs].val.clusterDim.x = 1;
+    attr[num_attrs].val.clusterDim.y = 1;
+    attr[num_attrs++].val.clusterDim.z = static_cast<unsigned>(num_splits);
+  }
+#endif
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(Cfg::kThreads);
   cfg.dynamicSmemBytes = launch_smem();
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  KVP_CHECK_CUDA(cudaLaunchKernelEx(&cfg, kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>, p));
+  cfg.numAttrs = num_attrs;
+  KVP_CHECK_CUDA(cudaLaunchKernelEx(&cfg, kKernel, p));
 #else
   kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk><<<grid, Cfg::kThreads, launch_smem(), stream>>>(p);
   KVP_CHECK_CUDA(cudaGetLastError());
@@ -159,6 +206,9 @@ void set_trace(TensorView buf) {
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(run, run);
 #if KVP_TRACE
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(set_trace, set_trace);
+#endif
+#if KVP_CLUSTER_MERGE
+TVM_FFI_DLL_EXPORT_TYPED_FUNC(cluster_fits, cluster_fits);
 #endif
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(smem_bytes, smem_bytes);
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(blocks_per_sm, blocks_per_sm);

@@ -52,6 +52,37 @@ __device__ __forceinline__ void griddep_launch_dependents() {
 #endif
 }
 
+// Thread-block cluster (sm_90+, compiled out below; experiment 30): a barrier over the cluster's non-exited threads
+// whose arrive releases and wait acquires this block's shared-memory writes, and loads from a peer block's shared memory.
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+#endif
+}
+// Address of `p` (this block's shared memory) in the shared memory of the cluster's block `rank`.
+__device__ __forceinline__ uint32_t cluster_peer_addr(const void* p, uint32_t rank) {
+  uint32_t r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(smem_addr(p)), "r"(rank));
+#endif
+  return r;
+}
+__device__ __forceinline__ float ld_cluster_f32(uint32_t addr) {
+  float v = 0.f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(addr) : "memory");
+#endif
+  return v;
+}
+__device__ __forceinline__ float4 ld_cluster_f32x4(uint32_t addr) {
+  float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr) : "memory");
+#endif
+  return v;
+}
+
 // Nanosecond wall clock shared by all SMs (block-timeline traces); `after` makes the read wait for that value.
 __device__ __forceinline__ uint64_t globaltimer_after(uint32_t after) {
   uint64_t t;

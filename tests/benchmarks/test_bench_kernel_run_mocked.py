@@ -286,6 +286,16 @@ def test_two_blocks_flag_pairs_with_each_pdl_row():
     assert cls.two_blocks and cls.pdl and cls.late_trigger is None  # None: the product's release
 
 
+def test_cluster_merge_flag_pairs_with_each_fixed_split_count():
+    import kernel_grid as kg
+    import kernel_peers as kp
+
+    _, _, kernels = kernel_bench.selected(kernel_bench.parse_args(["--cluster-merge", "--splits", "8", "16", "--quick"]))
+    assert {"kvprefetch_x8", "kvprefetch_x16", "kvprefetch_cm", "kvprefetch_cm_x8", "kvprefetch_cm_x16"} <= set(kernels)
+    cls = kp.variant(**kg.parse_variant("kvprefetch_cm_x8"))
+    assert cls.cluster_merge and cls.splits == 8 and cls.name == "kvprefetch_cm_x8"
+
+
 def test_read_bound_last_moves_only_the_read_row():
     _, _, first = kernel_bench.selected(kernel_bench.parse_args(["--quick"]))
     _, _, last = kernel_bench.selected(kernel_bench.parse_args(["--quick", "--read-bound-last"]))
