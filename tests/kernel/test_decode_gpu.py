@@ -435,23 +435,39 @@ class _FixedSplits:
                                                       "short_splits_for": lambda self, b: n})
 
 
-@pytest.mark.parametrize("kv_fp8,d,page", [(False, 128, 16), (True, 128, 16), (False, 64, 1), (True, 64, 16),
-                                           (False, 256, 16)])
+_MERGE_FAMILIES = [(False, 128, 16), (True, 128, 16), (False, 64, 1), (True, 64, 16), (False, 256, 16)]
+
+
+@pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
 @pytest.mark.parametrize("splits", [None, 2, 8, 9, 16, 24])
 def test_cluster_merge_variant_against_reference(kv_fp8, d, page, splits):
     """cluster_merge=True (experiment 30): the splits of a request merge through the cluster's shared memory where
     the grid is 2..16 splits wide (9: two rounds of the merge's loads), through global memory where it is wider
     (24); ragged requests leave idle splits that exit before the barrier. As close to the float64 reference as the
     default, no NaN, and the global path's counters stay reset."""
+    w = _merge_variant_against_reference(kv_fp8, d, page, splits, dict(cluster_merge=True))
+    n = w.num_splits_for(6)
+    fits = bool(w._module.cluster_fits(n, 8, 6))
+    assert fits if 2 <= n <= 8 else not fits if not 2 <= n <= 16 else True  # 9..16: non-portable, card-dependent
+
+
+@pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
+@pytest.mark.parametrize("splits", [None, 2, 9, 64])
+def test_owner_merge_variant_against_reference(kv_fp8, d, page, splits):
+    """owner_merge=True (experiment 31): split 0 merges once the other active splits have set their ready flags, where
+    the grid fits one wave; a 64-wide grid of six requests does not (3,072 blocks), so the last split merges. Same
+    bounds as the default, no NaN, every flag and counter reset; then 200 graph replays of the launch, none hangs
+    and every one gives the same output."""
+    _merge_variant_against_reference(kv_fp8, d, page, splits, dict(owner_merge=True), replays=200)
+
+
+def _merge_variant_against_reference(kv_fp8, d, page, splits, variant, replays=0):
     from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 
     cls = _FixedSplits(splits)(BatchDecodeWithPagedKVCache) if splits else BatchDecodeWithPagedKVCache
     kv = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
-    w = cls(32, 8, d, page, torch.bfloat16, kv, "cuda", cluster_merge=True).load()
+    w = cls(32, 8, d, page, torch.bfloat16, kv, "cuda", **variant).load()
     lens = [1, 77, 1000, 5000, 3 * page + 1, 20000]
-    n = w.num_splits_for(len(lens))
-    fits = bool(w._module.cluster_fits(n, 8, len(lens)))
-    assert fits if 2 <= n <= 8 else not fits if not 2 <= n <= 16 else True  # 9..16: non-portable, card-dependent
     gen = torch.Generator("cuda").manual_seed(30 + d + page + (splits or 0))
     inp = make_paged_inputs(lens, hq=32, hkv=8, d=d, page_size=page, dtype=torch.bfloat16, kv_fp8=kv_fp8,
                             device="cuda", generator=gen)
@@ -461,10 +477,19 @@ def test_cluster_merge_variant_against_reference(kv_fp8, d, page, splits):
     ref, ref_lse = paged_decode_reference(inp.q, inp.k, inp.v, inp.indptr, inp.indices, inp.last_len, **kw)
     w.plan(inp.indptr, inp.indices, inp.last_len)
     out, lse = w.run(inp.q, inp.k, inp.v, out=torch.full_like(inp.q, float("nan")),
-                     lse=torch.full((len(lens), 32), float("nan"), device="cuda"), **kw)
+                     lse=torch.full((len(lens), 32), float("nan"), device="cuda"), return_lse=True, **kw)
     torch.cuda.synchronize()
     assert not out.isnan().any() and not lse.isnan().any()
     for b in range(len(lens)):
         assert rel_err(out[b], ref[b]) < (3e-2 if kv_fp8 else 1e-2), (b, rel_err(out[b], ref[b]))
     assert (lse.double() - ref_lse).abs().max().item() < 1e-3
     assert not w._counters.any()
+    if replays:
+        graph, again = torch.cuda.CUDAGraph(), torch.empty_like(out)
+        with torch.cuda.graph(graph):
+            w.run(inp.q, inp.k, inp.v, out=again, **kw)
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(again, out) and not w._counters.any()
+    return w
