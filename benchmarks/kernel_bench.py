@@ -89,9 +89,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--cluster-merge", action="store_true",
                     help="also run kvprefetch with each request's splits merged in a thread-block cluster (kernel "
                          "kvprefetch_cm, and kvprefetch_cm_x<n> for each --splits n; experiment 30)")
-    ap.add_argument("--owner-merge", action="store_true",
-                    help="also run kvprefetch with split 0 merging once the other splits' flags are set (kernel "
-                         "kvprefetch_om, and kvprefetch_om_x<n> for each --splits n; experiment 31)")
     ap.add_argument("--variant", nargs="+", default=[], metavar="NAME", type=_variant_name,
                     help="also run these kvprefetch variants, named as the flags above name them, in any combination "
                          "(e.g. kvprefetch_s6_pdl_h16_b2; experiment 26)")
@@ -138,15 +135,13 @@ def _variant_name(text: str) -> str:
 
 def experiment_specs(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """The kvprefetch variants asked for with --stages / --pdl / --no-pdl / --fp8-q / --f16-math / --lazy-rescale /
-    --two-blocks / --late-trigger / --cluster-merge / --owner-merge / --splits / --variant, as kernel_peers.variant() arguments."""
+    --two-blocks / --late-trigger / --cluster-merge / --splits / --variant, as kernel_peers.variant() arguments."""
     pdls = [p for p, on in ((True, args.pdl), (False, args.no_pdl)) if on]
     return ([dict(stages=n) for n in args.stages] + [dict(pdl=p) for p in pdls]
             + ([dict(pdl=p, two_blocks=True) for p in pdls or [None]] if args.two_blocks else [])
             + ([dict(pdl=True, late_trigger=True)] if args.late_trigger else [])
             + ([dict(cluster_merge=True)] if args.cluster_merge else [])
             + ([dict(cluster_merge=True, splits=n) for n in args.splits] if args.cluster_merge else [])
-            + ([dict(owner_merge=True)] if args.owner_merge else [])
-            + ([dict(owner_merge=True, splits=n) for n in args.splits] if args.owner_merge else [])
             + ([dict(fp8_q=True)] if args.fp8_q else []) + ([dict(f16_math=True)] if args.f16_math else [])
             + ([dict(lazy_rescale=True)] if args.lazy_rescale else [])
             + ([dict(f16_math=True, lazy_rescale=True)] if args.f16_math and args.lazy_rescale else [])

@@ -94,9 +94,7 @@ class BatchDecodeWithPagedKVCache:
     ``late_trigger=True`` (with PDL) releases the next launch after the main loop, not at the start (experiment 23);
     the default (None) turns it on where PDL is on for 16-bit KV at head_dim 64 (NOTES.md, run 13);
     ``cluster_merge=True`` launches the splits of each (request, kv head) as one thread-block cluster where the split
-    count is 2..16, and merges them through distributed shared memory instead of global memory (experiment 30);
-    ``owner_merge=True`` has split 0 merge once the other splits have set their ready flags, where the grid fits one
-    wave (experiment 31).
+    count is 2..16, and merges them through distributed shared memory instead of global memory (experiment 30).
     """
 
     def __init__(
@@ -119,7 +117,6 @@ class BatchDecodeWithPagedKVCache:
         two_blocks: bool = False,
         late_trigger: bool | None = None,
         cluster_merge: bool = False,
-        owner_merge: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -163,8 +160,7 @@ class BatchDecodeWithPagedKVCache:
                              f"{q_dtype}, fp8_q={fp8_q}")
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
-        for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
-                           ("owner_merge", owner_merge)):
+        for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
         if late_trigger is not None and not isinstance(late_trigger, bool):
@@ -183,7 +179,7 @@ class BatchDecodeWithPagedKVCache:
         gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
-                                  cluster_merge, owner_merge)
+                                  cluster_merge)
         if late_trigger and not self.config.pdl:
             raise ValueError(f"late_trigger: expected False or None unless the launch uses PDL, got pdl={pdl!r}")
         # with the tuned ring depth, a second module with a shallower ring runs the batches that fill every SM
@@ -213,9 +209,7 @@ class BatchDecodeWithPagedKVCache:
         rows *= self.group
         self._part_o = torch.empty(rows * self.head_dim, dtype=torch.float32, device=self.device)
         self._part_lse = torch.empty(rows, dtype=torch.float32, device=self.device)
-        # a merge counter per (request, kv head), or a ready flag per split (owner_merge)
-        self._counters = torch.zeros(max(self.max_batch_size * self.num_kv_heads, rows // self.group),
-                                     dtype=torch.int32, device=self.device)
+        self._counters = torch.zeros(self.max_batch_size * self.num_kv_heads, dtype=torch.int32, device=self.device)
         self.workspace_bytes = sum(t.numel() * t.element_size() for t in (self._part_o, self._part_lse, self._counters))
         self._module = mod
         return self

@@ -69,9 +69,6 @@ def configs(which: str) -> list[DecodeConfig]:
         # experiment 30 (kernel_bench --cluster-merge and its GPU test): each card's defaults with the cluster merge
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name=gpu, cluster_merge=True) for fp8 in (False, True)
                  for d in (64, 128, 256) for gpu in ("", "NVIDIA H200")]
-        # experiment 31 (kernel_bench --owner-merge and its GPU test)
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name=gpu, owner_merge=True) for fp8 in (False, True)
-                 for d in (64, 128, 256) for gpu in ("", "NVIDIA H200")]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module

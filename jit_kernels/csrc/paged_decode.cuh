@@ -30,9 +30,6 @@
 #ifndef KVP_CLUSTER_MERGE
 #define KVP_CLUSTER_MERGE 0  // the splits of a (request, kv head) merge through a cluster's shared memory (exp. 30)
 #endif
-#ifndef KVP_OWNER_MERGE
-#define KVP_OWNER_MERGE 0  // split 0 merges once the others' ready flags are set, no atomic (experiment 31)
-#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -98,9 +95,6 @@ struct DecodeParams {
   float v_scale;
 #if KVP_CLUSTER_MERGE
   int32_t cluster;  // launched with cluster dims (1, 1, num_splits): merge through distributed shared memory
-#endif
-#if KVP_OWNER_MERGE
-  int32_t owner_merge;  // the grid fits one wave and `counters` holds a flag per split: split 0 waits for the others
 #endif
 };
 
@@ -662,32 +656,8 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
 #endif
   // ---- the last split of (request, kv head) to finish merges all partials; no second launch
   int* flag = reinterpret_cast<int*>(smem + C::kOffFlag);
-#if KVP_OWNER_MERGE
-  const bool owner_path = p.owner_merge;
-#else
-  constexpr bool owner_path = false;
-#endif
-  if (!owner_path || split != 0) __threadfence();  // the owner reads back only its own writes
+  __threadfence();
   __syncthreads();
-#if KVP_OWNER_MERGE
-  if (owner_path) {  // split 0 merges; the others publish a ready flag each (every block of the grid is resident)
-    int32_t* ready = p.counters + ((int64_t)b * p.num_kv_heads + head) * p.num_splits;
-    if (split != 0) {
-      if (tid == 0) st_release_gpu(ready + split, 1);
-      KVP_STAMP(4, split);
-      KVP_TRACE_OUT(kTrPartial, n_act, ntiles);
-      return;
-    }
-    for (int s_i = 1 + tid; s_i < n_act; s_i += C::kThreads) {
-      while (ld_acquire_gpu(ready + s_i) == 0) {
-      }
-      ready[s_i] = 0;  // for the next launch (CUDA-graph replays reuse the flags)
-    }
-    __syncthreads();
-    KVP_STAMP(4, 0);
-  } else
-#endif
-  {
   if (tid == 0) {
     int32_t* ctr = p.counters + (int64_t)b * p.num_kv_heads + head;
     const int done = atomicAdd(ctr, 1);
@@ -700,7 +670,6 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   if (!*flag) {
     KVP_TRACE_OUT(kTrPartial, n_act, ntiles);
     return;
-  }
   }
   __threadfence();
   // split weights once: lse of every (split, row) into shared memory in one round of loads, then normalised

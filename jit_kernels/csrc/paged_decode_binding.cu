@@ -106,21 +106,10 @@ int64_t smem_bytes() { return launch_smem(); }
 
 // Resident blocks per SM for this specialisation: the split planner aims for a few waves of these.
 int64_t blocks_per_sm() {
-  static int n = 0;  // one device type per process; a benign race computes it twice
-  if (n == 0) {
-    enable_smem();
-    KVP_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, Cfg::kThreads, launch_smem()));
-  }
-  return n;
-}
-
-int64_t sm_count() {
-  static const int n = [] {  // one device type per process
-    int dev = 0, count = 0;
-    KVP_CHECK_CUDA(cudaGetDevice(&dev));
-    KVP_CHECK_CUDA(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
-    return count;
-  }();
+  enable_smem();
+  int n = 0;
+  KVP_CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &n, kKernel, Cfg::kThreads, launch_smem()));
   return n;
 }
 
@@ -169,12 +158,6 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   const dim3 grid(static_cast<unsigned>(num_kv_heads), static_cast<unsigned>(batch),
                   static_cast<unsigned>(num_splits));
   auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(q.device().device_type, q.device().device_id));
-#if KVP_OWNER_MERGE
-  // split 0 may wait for the other splits only if they all hold an SM slot at once (one wave of this module's
-  // occupancy) and the counters have a flag per split; otherwise the last split to finish merges (experiment 31)
-  p.owner_merge = num_splits > 1 && counters.numel() >= batch * num_kv_heads * num_splits &&
-                  batch * num_kv_heads * num_splits <= blocks_per_sm() * sm_count();
-#endif
 #if KVP_PDL || KVP_CLUSTER_MERGE
   cudaLaunchAttribute attr[2];
   unsigned num_attrs = 0;

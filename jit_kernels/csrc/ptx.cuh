@@ -52,16 +52,6 @@ __device__ __forceinline__ void griddep_launch_dependents() {
 #endif
 }
 
-// A flag published with release semantics at GPU scope, and read with acquire (experiment 31's ready flags).
-__device__ __forceinline__ void st_release_gpu(int32_t* p, int32_t v) {
-  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
-}
-__device__ __forceinline__ int32_t ld_acquire_gpu(const int32_t* p) {
-  int32_t v;
-  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
 // Thread-block cluster (sm_90+, compiled out below; experiment 30): a barrier over the cluster's non-exited threads
 // whose arrive releases and wait acquires this block's shared-memory writes, and loads from a peer block's shared memory.
 __device__ __forceinline__ void cluster_sync() {

@@ -451,16 +451,6 @@ def test_cluster_merge_variant_against_reference(kv_fp8, d, page, splits):
     assert fits if 2 <= n <= 8 else not fits if not 2 <= n <= 16 else True  # 9..16: non-portable, card-dependent
 
 
-@pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
-@pytest.mark.parametrize("splits", [None, 2, 9, 64])
-def test_owner_merge_variant_against_reference(kv_fp8, d, page, splits):
-    """owner_merge=True (experiment 31): split 0 merges once the other active splits have set their ready flags, where
-    the grid fits one wave; a 64-wide grid of six requests does not (3,072 blocks), so the last split merges. Same
-    bounds as the default, no NaN, every flag and counter reset; then 200 graph replays of the launch, none hangs
-    and every one gives the same output."""
-    _merge_variant_against_reference(kv_fp8, d, page, splits, dict(owner_merge=True), replays=200)
-
-
 def _merge_variant_against_reference(kv_fp8, d, page, splits, variant, replays=0):
     from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 

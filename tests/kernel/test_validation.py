@@ -38,7 +38,6 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(pdl=False, late_trigger=True), "late_trigger"),  # only PDL launches have a trigger to move
     (dict(late_trigger=1), "late_trigger"),
     (dict(cluster_merge=1), "cluster_merge"),
-    (dict(owner_merge=1), "owner_merge"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -134,8 +133,7 @@ def test_two_blocks_and_late_trigger_are_their_own_modules():
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
     for kw, tag, define in ((dict(two_blocks=True), "_b2", "-DKVP_TWO_BLOCKS=1"),
                             (dict(late_trigger=True), "_lt", "-DKVP_LATE_TRIGGER=1"),
-                            (dict(cluster_merge=True), "_cm", "-DKVP_CLUSTER_MERGE=1"),
-                            (dict(owner_merge=True), "_om", "-DKVP_OWNER_MERGE=1")):
+                            (dict(cluster_merge=True), "_cm", "-DKVP_CLUSTER_MERGE=1")):
         w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", **kw)
         assert w.config.tag.endswith(tag) and w.config.defines() == tuned.config.defines() + [define]
 
