@@ -55,8 +55,8 @@ def variant_name(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q
                  grid: Optional[int] = None, two_blocks: bool = False, late_trigger: bool = False,
                  cluster_merge: bool = False) -> str:
     """Kernel name of a kvprefetch experiment variant (kernel_bench --stages / --pdl / --fp8-q / --f16-math /
-    --lazy-rescale / --two-blocks / --late-trigger / --splits / --grid-splits: ``_x<splits>g<grid>``; --pdl /
-    --no-pdl: ``_pdl`` / ``_nopdl``, None keeps the product default)."""
+    --lazy-rescale / --two-blocks / --late-trigger / --cluster-merge / --splits / --grid-splits:
+    ``_x<splits>g<grid>``; --pdl / --no-pdl: ``_pdl`` / ``_nopdl``, None keeps the product default)."""
     pdl_tag = {True: "_pdl", False: "_nopdl"}.get(pdl, "")
     return ("kvprefetch" + (f"_s{stages}" if stages else "") + pdl_tag + ("_q8" if fp8_q else "")
             + ("_h16" if f16_math else "") + ("_lr" if lazy_rescale else "") + ("_b2" if two_blocks else "")
@@ -64,7 +64,8 @@ def variant_name(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q
             + (f"g{grid}" if splits and grid else ""))
 
 
-_VARIANT = re.compile(r"kvprefetch(?:_s(\d+))?(_pdl|_nopdl)?(_q8)?(_h16)?(_lr)?(_b2)?(_lt)?(_cm)?(?:_x(\d+)(?:g(\d+))?)?")
+_VARIANT = re.compile(r"kvprefetch(?:_s(\d+))?(_pdl|_nopdl)?(_q8)?(_h16)?(_lr)?(_b2)?(_lt)?(_cm)?"
+                      r"(?:_x(\d+)(?:g(\d+))?)?")
 
 
 def parse_variant(name: str) -> Optional[Dict[str, Any]]:

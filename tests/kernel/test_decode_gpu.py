@@ -423,18 +423,6 @@ def test_wide_module_runs_the_batches_that_fill_every_sm(kv_fp8, d):
         assert check(lens, hq=32, hkv=8, d=d, page=16, fp8=kv_fp8, pf=0, seed=batch) < (3e-2 if kv_fp8 else 1e-2)
 
 
-class _FixedSplits:
-    """A wrapper whose grid is ``splits`` wide at every batch (kernel_bench's ``--splits``)."""
-
-    def __init__(self, splits):
-        self.splits = splits
-
-    def __call__(self, cls):
-        n = self.splits
-        return type(f"{cls.__name__}X{n}", (cls,), {"num_splits_for": lambda self, b: n,
-                                                      "short_splits_for": lambda self, b: n})
-
-
 _MERGE_FAMILIES = [(False, 128, 16), (True, 128, 16), (False, 64, 1), (True, 64, 16), (False, 256, 16)]
 
 
@@ -454,7 +442,9 @@ def test_cluster_merge_variant_against_reference(kv_fp8, d, page, splits):
 def _merge_variant_against_reference(kv_fp8, d, page, splits, variant, replays=0):
     from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 
-    cls = _FixedSplits(splits)(BatchDecodeWithPagedKVCache) if splits else BatchDecodeWithPagedKVCache
+    from kernel_peers import _fixed_splits  # kernel_bench's --splits override
+
+    cls = _fixed_splits(BatchDecodeWithPagedKVCache, splits) if splits else BatchDecodeWithPagedKVCache
     kv = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
     w = cls(32, 8, d, page, torch.bfloat16, kv, "cuda", **variant).load()
     lens = [1, 77, 1000, 5000, 3 * page + 1, 20000]
