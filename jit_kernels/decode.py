@@ -94,7 +94,9 @@ class BatchDecodeWithPagedKVCache:
     ``late_trigger=True`` (with PDL) releases the next launch after the main loop, not at the start (experiment 23);
     the default (None) turns it on where PDL is on for 16-bit KV at head_dim 64 (NOTES.md, run 13);
     ``cluster_merge=True`` launches the splits of each (request, kv head) as one thread-block cluster where the split
-    count is 2..16, and merges them through distributed shared memory instead of global memory (experiment 30).
+    count is 2..16, and merges them through distributed shared memory instead of global memory (experiment 30);
+    ``page_prefetch=True`` has each kv head's block prefetch into L2 the whole token rows (every kv head's) of its
+    share of each tile, so DRAM sees contiguous spans instead of per-head rows (experiment 34).
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class BatchDecodeWithPagedKVCache:
         two_blocks: bool = False,
         late_trigger: bool | None = None,
         cluster_merge: bool = False,
+        page_prefetch: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -160,7 +163,8 @@ class BatchDecodeWithPagedKVCache:
                              f"{q_dtype}, fp8_q={fp8_q}")
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
-        for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge)):
+        for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
+                           ("page_prefetch", page_prefetch)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
         if late_trigger is not None and not isinstance(late_trigger, bool):
@@ -179,7 +183,7 @@ class BatchDecodeWithPagedKVCache:
         gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
-                                  cluster_merge)
+                                  cluster_merge, page_prefetch)
         if late_trigger and not self.config.pdl:
             raise ValueError(f"late_trigger: expected False or None unless the launch uses PDL, got pdl={pdl!r}")
         # with the tuned ring depth, a second module with a shallower ring runs the batches that fill every SM

@@ -28,7 +28,8 @@ _EXPERIMENT_FLAGS = (("pdl", "-DKVP_PDL=1", "_pdl"), ("fp8_q", "-DKVP_FP8_Q=1", 
                      ("f16_math", "-DKVP_FP8_F16=1", "_h16"), ("lazy_rescale", "-DKVP_LAZY_RESCALE=1", "_lr"),
                      ("trace", "-DKVP_TRACE=1", "_tr"), ("two_blocks", "-DKVP_TWO_BLOCKS=1", "_b2"),
                      ("late_trigger", "-DKVP_LATE_TRIGGER=1", "_lt"),
-                     ("cluster_merge", "-DKVP_CLUSTER_MERGE=1", "_cm"))
+                     ("cluster_merge", "-DKVP_CLUSTER_MERGE=1", "_cm"),
+                     ("page_prefetch", "-DKVP_PAGE_PREFETCH=1", "_pp"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,7 @@ class DecodeConfig:
     two_blocks: bool = False  # launch smem padded so at most two blocks share an SM (experiment 21)
     late_trigger: bool = False  # with pdl: release the next launch after the main loop, not at the start (exp. 23)
     cluster_merge: bool = False  # a request's splits form a cluster and merge through its shared memory (exp. 30)
+    page_prefetch: bool = False  # each kv head's block prefetches whole token rows of its share of a tile (exp. 34)
 
     def defines(self) -> list[str]:
         return [
@@ -74,7 +76,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                 stages: int | None = None, pdl: bool | None = None, fp8_q: bool = False,
                 f16_math: bool | None = None, lazy_rescale: bool | None = None, trace: bool = False,
                 two_blocks: bool = False, late_trigger: bool | None = None, gpu_name: str = "",
-                cluster_merge: bool = False) -> DecodeConfig:
+                cluster_merge: bool = False, page_prefetch: bool = False) -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (None:
     ``f16_math_default``); ``lazy_rescale`` skips the output rescale while no row max grows by more than 2^8 (None:
@@ -82,7 +84,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     ``--lazy-rescale`` run them as experiments; ``trace`` builds the block-timeline diagnostic (benchmarks/block_timeline.py); ``two_blocks``
     pads the launch's shared memory so at most two blocks share an SM (``--two-blocks``); ``late_trigger`` (with
     ``pdl``) releases the next launch after the main loop (``--late-trigger``; None: ``late_trigger_default``);
-    ``cluster_merge`` launches a request's 2–16 splits as one cluster that merges in shared memory (``--cluster-merge``).
+    ``cluster_merge`` launches a request's 2–16 splits as one cluster that merges in shared memory (``--cluster-merge``);
+    ``page_prefetch`` has the blocks of a (request, split) prefetch whole token rows, every kv head's, into L2.
     ``gpu_name`` (``torch.cuda.get_device_name``) picks the defaults measured on that card; "" means the H100's."""
     if f16_math is None:
         f16_math = f16_math_default(q_dtype, kv_fp8, head_dim, fp8_q)
@@ -94,7 +97,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
         late_trigger = pdl and late_trigger_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
                         prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks,
-                        late_trigger, cluster_merge)
+                        late_trigger, cluster_merge, page_prefetch)
 
 
 # The shallower ring of the modules that fit three blocks per SM: it fits four, for grids that fill them (experiment 28)

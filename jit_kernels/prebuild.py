@@ -69,6 +69,11 @@ def configs(which: str) -> list[DecodeConfig]:
         # experiment 30 (kernel_bench --cluster-merge and its GPU test): each card's defaults with the cluster merge
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name=gpu, cluster_merge=True) for fp8 in (False, True)
                  for d in (64, 128, 256) for gpu in ("", "NVIDIA H200")]
+        # experiment 34 (kernel_bench --variant kvprefetch_pp and its GPU test): whole-token-row L2 prefetch
+        cfgs += [make_config(q, fp8, d, 0, gpu_name=gpu, page_prefetch=True) for q, fp8, d in base
+                 for gpu in ("", "NVIDIA H200")]
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", page_prefetch=True)
+                 for fp8, d in ((True, 64), (False, 256))]  # the GPU test's other families
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module

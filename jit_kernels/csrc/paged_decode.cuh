@@ -30,6 +30,9 @@
 #ifndef KVP_CLUSTER_MERGE
 #define KVP_CLUSTER_MERGE 0  // the splits of a (request, kv head) merge through a cluster's shared memory (exp. 30)
 #endif
+#ifndef KVP_PAGE_PREFETCH
+#define KVP_PAGE_PREFETCH 0  // the kv heads of a (request, split) prefetch whole token rows of their tiles (exp. 34)
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -281,8 +284,22 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   auto store_rows = [&](int tile, int pid) {
     if (tile < ntiles) rows[(tile % C::kSlots) * C::kTile + tid] = row_offset(tok_beg + tile * C::kTile + tid, pid);
   };
+  // Experiment 34 (KVP_PAGE_PREFETCH): with rows of 128 bytes (fp8, head_dim 64) a kv head's reads hit each DRAM page
+  // in eight scattered pieces, one per kv head's block, at different times. Instead each block requests into L2 the
+  // whole token rows (every kv head) of its own 1/num_kv_heads of a tile, one contiguous bulk prefetch per token, PF
+  // tiles ahead of the tile its loads start on (PF = 0: just before them); the blocks of the other heads, running the
+  // same tiles at about the same time, find their rows there. Only for the heads-contiguous (NHD) layout.
+  const int pp_share = (C::kTile + p.num_kv_heads - 1) / p.num_kv_heads;  // tokens of a tile each kv head fetches
+  const uint32_t pp_bytes = uint32_t(((int64_t)(p.num_kv_heads - 1) * p.kv_stride_head + D) * int64_t(sizeof(TKV)));
+  const bool pp_mine = KVP_PAGE_PREFETCH && p.kv_stride_head == D && tid < C::kTile && tid / pp_share == head;
   auto prefetch_tile = [&](int tile) {
-    if (PF > 0 && tile < ntiles && tid < C::kTile) {
+    if (KVP_PAGE_PREFETCH) {
+      const int64_t off = pp_mine && tile < ntiles ? rows[(tile % C::kSlots) * C::kTile + tid] : int64_t(-1);
+      if (off >= 0) {
+        prefetch_l2_bulk(kbase + (off - head_off), pp_bytes);
+        prefetch_l2_bulk(vbase + (off - head_off), pp_bytes);
+      }
+    } else if (PF > 0 && tile < ntiles && tid < C::kTile) {
       const int64_t off = rows[(tile % C::kSlots) * C::kTile + tid];
       if (off >= 0) {
         if constexpr (PF_BULK) {
@@ -329,7 +346,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   }
   __syncthreads();
 #pragma unroll
-  for (int j = STAGES - 1; j < C::kLookahead; ++j) prefetch_tile(j);
+  for (int j = KVP_PAGE_PREFETCH ? 0 : STAGES - 1; j < C::kLookahead; ++j) prefetch_tile(j);  // page: the ring's too
 #pragma unroll
   for (int j = 0; j < STAGES - 1; ++j) {
     load_tile(j);

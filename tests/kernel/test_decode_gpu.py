@@ -439,6 +439,14 @@ def test_cluster_merge_variant_against_reference(kv_fp8, d, page, splits):
     assert fits if 2 <= n <= 8 else not fits if not 2 <= n <= 16 else True  # 9..16: non-portable, card-dependent
 
 
+@pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
+@pytest.mark.parametrize("splits", [None, 8])
+def test_page_prefetch_variant_against_reference(kv_fp8, d, page, splits):
+    """page_prefetch=True (experiment 34) only adds L2 prefetches of whole token rows: the same closeness to the
+    float64 reference as the default, ragged requests, a graph replay equal to the eager launch."""
+    _merge_variant_against_reference(kv_fp8, d, page, splits, dict(page_prefetch=True), replays=2)
+
+
 def _merge_variant_against_reference(kv_fp8, d, page, splits, variant, replays=0):
     from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 

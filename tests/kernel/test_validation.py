@@ -38,6 +38,7 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(pdl=False, late_trigger=True), "late_trigger"),  # only PDL launches have a trigger to move
     (dict(late_trigger=1), "late_trigger"),
     (dict(cluster_merge=1), "cluster_merge"),
+    (dict(page_prefetch="yes"), "page_prefetch"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -133,7 +134,8 @@ def test_two_blocks_and_late_trigger_are_their_own_modules():
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
     for kw, tag, define in ((dict(two_blocks=True), "_b2", "-DKVP_TWO_BLOCKS=1"),
                             (dict(late_trigger=True), "_lt", "-DKVP_LATE_TRIGGER=1"),
-                            (dict(cluster_merge=True), "_cm", "-DKVP_CLUSTER_MERGE=1")):
+                            (dict(cluster_merge=True), "_cm", "-DKVP_CLUSTER_MERGE=1"),
+                            (dict(page_prefetch=True), "_pp", "-DKVP_PAGE_PREFETCH=1")):
         w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", **kw)
         assert w.config.tag.endswith(tag) and w.config.defines() == tuned.config.defines() + [define]
 
