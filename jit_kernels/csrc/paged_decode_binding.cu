@@ -11,6 +11,7 @@
 #include <tvm/ffi/optional.h>
 
 #include "paged_decode.cuh"
+#include "paged_decode_wp.cuh"
 
 namespace {
 
@@ -27,9 +28,19 @@ using TKV = __nv_fp8_e4m3;
 #else
 using TKV = TQ;
 #endif
-constexpr int kD = KVP_HEAD_DIM, kStages = KVP_STAGES, kPF = KVP_PREFETCH;
-constexpr bool kPFBulk = KVP_PREFETCH_BULK;
+constexpr int kD = KVP_HEAD_DIM, kStages = KVP_STAGES;
+[[maybe_unused]] constexpr int kPF = KVP_PREFETCH;  // unused by the whole-page kernel
+[[maybe_unused]] constexpr bool kPFBulk = KVP_PREFETCH_BULK;
+#ifndef KVP_WHOLE_PAGE
+#define KVP_WHOLE_PAGE 0  // experiment 35: one block per group of 8 kv heads (paged_decode_wp.cuh)
+#endif
+#if KVP_WHOLE_PAGE
+using Cfg = kvp::WholePageCfg<TQ, TKV, kD, kStages>;
+constexpr int kHeadsPerBlock = kvp::kWpHeads;
+#else
 using Cfg = kvp::DecodeCfg<TQ, TKV, kD, kStages, kPF>;
+constexpr int kHeadsPerBlock = 1;
+#endif
 
 #define KVP_CHECK_CUDA(expr)                                                            \
   do {                                                                                  \
@@ -59,7 +70,11 @@ int launch_smem() {
 #endif
 }
 
+#if KVP_WHOLE_PAGE
+constexpr auto kKernel = kvp::paged_decode_wp_kernel<TQ, TKV, kD, kStages>;
+#else
 constexpr auto kKernel = kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>;
+#endif
 
 void enable_smem() {
   static bool done = false;  // one module per process and specialisation; a benign race sets it twice
@@ -155,7 +170,7 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   p.v_scale = static_cast<float>(v_scale);
 
   enable_smem();
-  const dim3 grid(static_cast<unsigned>(num_kv_heads), static_cast<unsigned>(batch),
+  const dim3 grid(static_cast<unsigned>(num_kv_heads / kHeadsPerBlock), static_cast<unsigned>(batch),
                   static_cast<unsigned>(num_splits));
   auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(q.device().device_type, q.device().device_id));
 #if KVP_PDL || KVP_CLUSTER_MERGE
@@ -185,7 +200,7 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   cfg.numAttrs = num_attrs;
   KVP_CHECK_CUDA(cudaLaunchKernelEx(&cfg, kKernel, p));
 #else
-  kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk><<<grid, Cfg::kThreads, launch_smem(), stream>>>(p);
+  kKernel<<<grid, Cfg::kThreads, launch_smem(), stream>>>(p);
   KVP_CHECK_CUDA(cudaGetLastError());
 #endif
 }
