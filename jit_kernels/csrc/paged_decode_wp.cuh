@@ -392,7 +392,7 @@ __global__ void __launch_bounds__(32 * kWpHeads, 2) paged_decode_wp_kernel(const
     const float* src =
         p.part_o + ((((int64_t)b * p.num_kv_heads + hgrp * kWpHeads + h) * p.num_splits) * group + r) * D + cc * 4;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
+#pragma unroll 16  // n_act x 32 rows of partials: as many loads in flight as the registers allow
     for (int s_i = 0; s_i < n_act; ++s_i) {
       const float ws = w[s_i * qrows + R];
       const float4 v = __ldcg(reinterpret_cast<const float4*>(src + (int64_t)s_i * group * D));
