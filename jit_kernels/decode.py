@@ -101,7 +101,8 @@ class BatchDecodeWithPagedKVCache:
     share of each tile, so DRAM sees contiguous spans instead of per-head rows (experiment 34);
     ``whole_page=True`` runs the kernel whose blocks each read whole token rows of 8 kv heads, one warp per head
     (experiment 35): 128-byte rows only (fp8 KV at head_dim 128, 16-bit KV at head_dim 64), a multiple of 8 kv heads
-    and GQA groups up to 4.
+    and GQA groups up to 4; ``tma=True`` loads the K/V tiles as TMA boxes (16 tokens of one kv head) where the rows
+    are 128 bytes and a page holds 16 tokens or more, with cp.async elsewhere (experiment 37).
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class BatchDecodeWithPagedKVCache:
         cluster_merge: bool = False,
         page_prefetch: bool = False,
         whole_page: bool = False,
+        tma: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -170,7 +172,8 @@ class BatchDecodeWithPagedKVCache:
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
-                           ("page_prefetch", page_prefetch), ("whole_page", whole_page)):
+                           ("page_prefetch", page_prefetch), ("whole_page", whole_page),
+                           ("tma", tma)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
         if late_trigger is not None and not isinstance(late_trigger, bool):
@@ -178,11 +181,11 @@ class BatchDecodeWithPagedKVCache:
         if whole_page:
             row_bytes = head_dim * (1 if kv_dtype == _FP8 else 2)
             if (row_bytes != 128 or num_kv_heads % WHOLE_PAGE_HEADS or group > WHOLE_PAGE_MAX_GROUP or fp8_q
-                    or trace or cluster_merge or page_prefetch):
+                    or trace or cluster_merge or page_prefetch or tma):
                 raise ValueError(
                     f"whole_page: expected 128-byte KV rows (fp8 at head_dim 128, 16-bit at head_dim 64), num_kv_heads "
                     f"a multiple of {WHOLE_PAGE_HEADS}, a GQA group of at most {WHOLE_PAGE_MAX_GROUP}, and no fp8_q / "
-                    f"trace / cluster_merge / page_prefetch; got head_dim {head_dim} with {kv_dtype}, "
+                    f"trace / cluster_merge / page_prefetch / tma; got head_dim {head_dim} with {kv_dtype}, "
                     f"num_kv_heads {num_kv_heads}, group {group}")
 
         self.num_qo_heads, self.num_kv_heads, self.group = num_qo_heads, num_kv_heads, group
@@ -201,7 +204,7 @@ class BatchDecodeWithPagedKVCache:
         gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
-                                  cluster_merge, page_prefetch, whole_page)
+                                  cluster_merge, page_prefetch, whole_page, tma)
         if late_trigger and not self.config.pdl:
             raise ValueError(f"late_trigger: expected False or None unless the launch uses PDL, got pdl={pdl!r}")
         # with the tuned ring depth, a second module with a shallower ring runs the batches that fill every SM

@@ -33,6 +33,15 @@
 #ifndef KVP_PAGE_PREFETCH
 #define KVP_PAGE_PREFETCH 0  // the kv heads of a (request, split) prefetch whole token rows of their tiles (exp. 34)
 #endif
+#ifndef KVP_TMA
+#define KVP_TMA 0  // K/V tiles arrive by TMA, one box per 16-token page piece, where p.tma (experiment 37)
+#endif
+#if KVP_TMA
+#include <cuda.h>  // CUtensorMap
+#define KVP_PARAMS_QUAL __grid_constant__  // the tensor maps' addresses must stay in the parameter space
+#else
+#define KVP_PARAMS_QUAL
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -99,6 +108,10 @@ struct DecodeParams {
 #if KVP_CLUSTER_MERGE
   int32_t cluster;  // launched with cluster dims (1, 1, num_splits): merge through distributed shared memory
 #endif
+#if KVP_TMA
+  int32_t tma;  // the maps below are valid: 4-d [pages, page, kv heads, D], box [1, 16, 1, D], 128-byte swizzle
+  CUtensorMap tma_k, tma_v;
+#endif
 };
 
 constexpr int kMaxClusterSplits = 16;  // the largest (non-portable) cluster of sm_90
@@ -120,7 +133,9 @@ struct DecodeCfg {
   static constexpr int kOffRed = kOffRows + kSlots * kTile * 8;
   static constexpr int kOffFlag = kOffRed + 2 * kWarps * kRows * 4;
   static constexpr int kOffPartLse = kOffFlag + 16;  // cluster merge: this split's lse per row
-  static constexpr int kSmemBytes = kOffPartLse + (KVP_CLUSTER_MERGE ? kRows * 4 : 0);
+  static constexpr int kOffBar = kOffPartLse + (KVP_CLUSTER_MERGE ? kRows * 4 : 0);  // TMA: one mbarrier per stage
+  static constexpr int kOffPid = kOffBar + (KVP_TMA ? STAGES * 8 : 0);               // TMA: page id per ring row
+  static constexpr int kSmemBytes = kOffPid + (KVP_TMA ? kSlots * kTile * 4 + 1024 : 0);  // + the base's alignment
   static constexpr int kOBytes = kWarps * kRows * D * 4;  // cross-warp reduction buffer, aliases the stages
   static_assert(STAGES >= 2, "need at least two stages");
   static_assert(D == 64 || D == 128 || D == 256, "head_dim must be 64, 128 or 256");
@@ -198,9 +213,15 @@ __device__ __forceinline__ void pdl_warm_l2(const DecodeParams& p, int b, int sp
 }
 
 template <typename TQ, typename TKV, int D, int STAGES, int PF, bool PF_BULK>
-__global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL DecodeParams p) {
   using C = DecodeCfg<TQ, TKV, D, STAGES, PF>;
+#if KVP_TMA
+  // the 128-byte swizzle of TMA repeats every 1024 bytes: the stages (and so everything) start on such a boundary
+  extern __shared__ __align__(128) uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+#else
   extern __shared__ __align__(128) uint8_t smem[];
+#endif
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   // split is the slowest grid index: the blocks of the splits a short request uses are dispatched before its idle
   // ones; with one split the order (kv head fastest, then request) is the same as with the split fastest
@@ -281,8 +302,16 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
     const int pid = p.indices[idx];
     return unsigned(pid) < unsigned(p.num_pool_pages) ? pid : 0;
   };
+#if KVP_TMA
+  const bool tma = p.tma != 0;
+  int32_t* pid_ring = reinterpret_cast<int32_t*>(smem + C::kOffPid);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kOffBar);
+#endif
   auto store_rows = [&](int tile, int pid) {
     if (tile < ntiles) rows[(tile % C::kSlots) * C::kTile + tid] = row_offset(tok_beg + tile * C::kTile + tid, pid);
+#if KVP_TMA
+    if (tile < ntiles) pid_ring[(tile % C::kSlots) * C::kTile + tid] = pid;
+#endif
   };
   // Experiment 34 (KVP_PAGE_PREFETCH): with rows of 128 bytes (fp8, head_dim 64) a kv head's reads hit each DRAM page
   // in eight scattered pieces, one per kv head's block, at different times. Instead each block requests into L2 the
@@ -318,6 +347,24 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   auto load_tile = [&](int tile) {
     if (tile >= ntiles) return;
     const int stage = tile % STAGES;
+#if KVP_TMA
+    if (tma) {  // one thread: a box of 16 tokens per page piece that holds a token of the split, K and V
+      if (tid == 0) {
+        const int tok0 = tok_beg + tile * C::kTile;
+        const int nbox = min(C::kTile / 16, (tok_end - tok0 + 15) / 16);
+        constexpr uint32_t kBoxBytes = 16 * C::kRowBytesKV;
+        mbarrier_arrive_expect_tx(bars + stage, 2 * kBoxBytes * nbox);
+        const int32_t* pr = pid_ring + (tile % C::kSlots) * C::kTile;
+        for (int i = 0; i < nbox; ++i) {
+          const int tok = tok0 + 16 * i;
+          uint8_t* dst = smem + C::kOffK + stage * C::kStageBytes + i * kBoxBytes;
+          tma_load_4d(dst, &p.tma_k, bars + stage, 0, head, tok & page_mask, pr[16 * i]);
+          tma_load_4d(dst + STAGES * C::kStageBytes, &p.tma_v, bars + stage, 0, head, tok & page_mask, pr[16 * i]);
+        }
+      }
+      return;
+    }
+#endif
     const int64_t* r_off = rows + (tile % C::kSlots) * C::kTile;
     uint8_t* ks = smem + C::kOffK + stage * C::kStageBytes;
     uint8_t* vs = smem + C::kOffV + stage * C::kStageBytes;
@@ -335,6 +382,12 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   };
 
   // ---- prologue: the first row offsets, L2 prefetch of the tiles beyond the smem ring, first stages
+#if KVP_TMA
+  if (tma && tid == 0) {
+    for (int s_i = 0; s_i < STAGES; ++s_i) mbarrier_init(bars + s_i, 1);
+    fence_barrier_init();
+  }
+#endif
   int pending = 0;
   if (tid < C::kTile) {
     int pids[C::kLookahead + 1];
@@ -380,7 +433,22 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const DecodeParams p)
   for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
 
   for (int t = 0; t < ntiles; ++t) {
+#if KVP_TMA
+    if (tma) {
+      cp_async_wait<0>();  // q
+      mbarrier_wait(bars + t % STAGES, (t / STAGES) & 1);
+      const int valid = tok_end - (tok_beg + t * C::kTile);
+      if (valid < C::kTile) {  // TMA read whole boxes: rows past the split's end may hold anything, even NaN
+        uint8_t* vz = smem + C::kOffV + (t % STAGES) * C::kStageBytes + valid * C::kRowBytesKV;
+        for (int i = tid; i < (C::kTile - valid) * C::kChunksKV; i += C::kThreads)
+          *reinterpret_cast<uint4*>(vz + i * 16) = make_uint4(0, 0, 0, 0);
+      }
+    } else {
+      cp_async_wait<STAGES - 2>();
+    }
+#else
     cp_async_wait<STAGES - 2>();
+#endif
     __syncthreads();
 #if KVP_TRACE
     if (t == 0) KVP_STAMP(2, 0);

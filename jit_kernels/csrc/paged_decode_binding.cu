@@ -12,6 +12,9 @@
 
 #include "paged_decode.cuh"
 #include "paged_decode_wp.cuh"
+#if KVP_TMA
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+#endif
 
 namespace {
 
@@ -117,6 +120,39 @@ bool cluster_fits(int64_t num_splits, int64_t num_kv_heads, int64_t batch) {
 }
 #endif
 
+#if KVP_TMA
+// Experiment 37: the 4-d tensor map [pages, page, kv heads, D] of one K or V pool, whose box is 16 tokens of one kv
+// head's 128-byte rows in the 128-byte swizzle the kernel's ldmatrix addressing expects. False (the kernel then loads
+// with cp.async) for page sizes under 16, other row sizes, or strides TMA cannot take.
+bool encode_kv_map(CUtensorMap* map, const TensorView& t) {
+  if (Cfg::kRowBytesKV != 128 || t.ndim() != 4 || t.size(1) < 16 || t.stride(3) != 1) return false;
+  const int64_t es = Cfg::kFp8 ? 1 : 2;
+  const int64_t strides[3] = {t.stride(2) * es, t.stride(1) * es, t.stride(0) * es};
+  for (int64_t s : strides)
+    if (s % 16 != 0 || s >= (int64_t(1) << 40)) return false;
+  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    KVP_CHECK_CUDA(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &status));
+    TVM_FFI_ICHECK(fn != nullptr && status == cudaDriverEntryPointSuccess) << "kvprefetch: no cuTensorMapEncodeTiled";
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  const cuuint64_t dims[4] = {cuuint64_t(kD), cuuint64_t(t.size(2)), cuuint64_t(t.size(1)), cuuint64_t(t.size(0))};
+  const cuuint64_t gstrides[3] = {cuuint64_t(strides[0]), cuuint64_t(strides[1]), cuuint64_t(strides[2])};
+  const cuuint32_t box[4] = {cuuint32_t(kD), 1, 16, 1};
+  const cuuint32_t estrides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType dtype = Cfg::kFp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8
+                                    : KVP_Q_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult r = encode(map, dtype, 4, t.data_ptr(), dims, gstrides, box, estrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TVM_FFI_ICHECK(r == CUDA_SUCCESS) << "kvprefetch: cuTensorMapEncodeTiled failed (" << int(r) << ")";
+  return true;
+}
+#endif
+
 int64_t smem_bytes() { return launch_smem(); }
 
 // Resident blocks per SM for this specialisation: the split planner aims for a few waves of these.
@@ -168,6 +204,9 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   p.score_post = static_cast<float>(score_post);
   p.has_cap = static_cast<int32_t>(has_cap);
   p.v_scale = static_cast<float>(v_scale);
+#if KVP_TMA
+  p.tma = encode_kv_map(&p.tma_k, k) && encode_kv_map(&p.tma_v, v);
+#endif
 
   enable_smem();
   const dim3 grid(static_cast<unsigned>(num_kv_heads / kHeadsPerBlock), static_cast<unsigned>(batch),

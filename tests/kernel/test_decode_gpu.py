@@ -459,7 +459,34 @@ def test_whole_page_variant_against_reference(kv_fp8, d, page, hkv, splits):
     assert w._grid_heads == hkv // 8 and w.min_chunk == 64
 
 
-def _merge_variant_against_reference(kv_fp8, d, page, splits, variant, replays=0, hq=32, hkv=8):
+@pytest.mark.parametrize("kv_fp8,d,page", [(True, 128, 16), (True, 128, 32), (False, 64, 16), (False, 64, 64),
+                                           (True, 128, 1), (False, 128, 16)])
+@pytest.mark.parametrize("splits", [None, 8, 24])
+def test_tma_variant_against_reference(kv_fp8, d, page, splits):
+    """tma=True (experiment 37): K/V tiles as TMA boxes of 16 tokens where rows are 128 bytes and pages hold 16 or more
+    (boxes start mid-page at page 32 and 64; rows past a split's end are zeroed, whatever the pool holds there);
+    page 1 and 256-byte rows take the cp.async path of the same module. Same closeness to the float64 reference as
+    the default, graph replays equal to the eager launch."""
+    _merge_variant_against_reference(kv_fp8, d, page, splits, dict(tma=True), replays=2, poison_pool=True)
+
+
+def _poison_unowned_slots(inp, page):
+    owned = torch.zeros(inp.k.shape[0] * page, dtype=torch.bool, device=inp.k.device)
+    lens = (inp.indptr[1:] - inp.indptr[:-1] - 1) * page + inp.last_len
+    for b in range(len(lens)):
+        pages = inp.indices[inp.indptr[b]:inp.indptr[b + 1]].long()
+        slots = (pages[:, None] * page + torch.arange(page, device=pages.device)).flatten()[: int(lens[b])]
+        owned[slots] = True
+    nan = float("nan")
+    for t in (inp.k, inp.v):
+        flat = t.view(-1, *t.shape[-2:]) if t.dim() == 4 else t
+        if flat.dtype == torch.float8_e4m3fn:
+            flat.view(torch.uint8)[~owned] = 0x7F  # e4m3 NaN
+        else:
+            flat[~owned] = nan
+
+
+def _merge_variant_against_reference(kv_fp8, d, page, splits, variant, replays=0, hq=32, hkv=8, poison_pool=False):
     from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 
     from kernel_peers import _fixed_splits  # kernel_bench's --splits override
@@ -471,6 +498,8 @@ def _merge_variant_against_reference(kv_fp8, d, page, splits, variant, replays=0
     gen = torch.Generator("cuda").manual_seed(30 + d + page + (splits or 0))
     inp = make_paged_inputs(lens, hq=hq, hkv=hkv, d=d, page_size=page, dtype=torch.bfloat16, kv_fp8=kv_fp8,
                             device="cuda", generator=gen)
+    if poison_pool:  # every slot no request owns holds NaN: a kernel that lets one into a sum fails
+        _poison_unowned_slots(inp, page)
     kw = dict(sm_scale=1.0 / math.sqrt(d), k_scale=0.5 if kv_fp8 else 1.0, v_scale=1.5 if kv_fp8 else 1.0)
     from kvprefetch.jit_kernels import paged_decode_reference
 
