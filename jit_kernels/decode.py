@@ -102,7 +102,10 @@ class BatchDecodeWithPagedKVCache:
     ``whole_page=True`` runs the kernel whose blocks each read whole token rows of 8 kv heads, one warp per head
     (experiment 35): 128-byte rows only (fp8 KV at head_dim 128, 16-bit KV at head_dim 64), a multiple of 8 kv heads
     and GQA groups up to 4; ``tma=True`` loads the K/V tiles as TMA boxes (16 tokens of one kv head) where the rows
-    are 128 bytes and a page holds 16 tokens or more, with cp.async elsewhere (experiment 37).
+    are 128 bytes and a page holds 16 tokens or more, with cp.async elsewhere (experiment 37); ``early_kv=True``
+    (with PDL) loads the ring's first tiles before the PDL wait, all but each request's newest token, whose rows
+    and q are read after it (experiment 38). Its contract: the kernel launched just before this one in the stream
+    writes no page-table entry and no KV row but the newest token's (SGLang's KV write before decode attention).
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class BatchDecodeWithPagedKVCache:
         page_prefetch: bool = False,
         whole_page: bool = False,
         tma: bool = False,
+        early_kv: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -173,7 +177,7 @@ class BatchDecodeWithPagedKVCache:
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
                            ("page_prefetch", page_prefetch), ("whole_page", whole_page),
-                           ("tma", tma)):
+                           ("tma", tma), ("early_kv", early_kv)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
         if late_trigger is not None and not isinstance(late_trigger, bool):
@@ -204,7 +208,10 @@ class BatchDecodeWithPagedKVCache:
         gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
-                                  cluster_merge, page_prefetch, whole_page, tma)
+                                  cluster_merge, page_prefetch, whole_page, tma, early_kv)
+        if early_kv and (not self.config.pdl or tma or whole_page):
+            raise ValueError(f"early_kv: expected False unless the launch uses PDL (pdl={pdl!r}) on the per-head "
+                             f"cp.async kernel (tma={tma}, whole_page={whole_page})")
         if late_trigger and not self.config.pdl:
             raise ValueError(f"late_trigger: expected False or None unless the launch uses PDL, got pdl={pdl!r}")
         # with the tuned ring depth, a second module with a shallower ring runs the batches that fill every SM

@@ -33,6 +33,9 @@
 #ifndef KVP_PAGE_PREFETCH
 #define KVP_PAGE_PREFETCH 0  // the kv heads of a (request, split) prefetch whole token rows of their tiles (exp. 34)
 #endif
+#ifndef KVP_EARLY_KV
+#define KVP_EARLY_KV 0  // with PDL: the ring's first tiles load before griddepcontrol.wait, all but the newest token
+#endif
 #ifndef KVP_TMA
 #define KVP_TMA 0  // K/V tiles arrive by TMA, one box per 16-token page piece, where p.tma (experiment 37)
 #endif
@@ -231,12 +234,15 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
 #if KVP_TRACE
   uint64_t tr[kTraceStamps] = {globaltimer_after(0), 0, 0, 0, 0, 0};
 #endif
+  static_assert(!KVP_EARLY_KV || (KVP_PDL && !KVP_TMA), "early KV loads need PDL and the cp.async path");
   if constexpr (KVP_PDL) {
     if constexpr (!KVP_LATE_TRIGGER) {
       griddep_launch_dependents();  // the next launch's blocks may take the slots this grid frees (experiment 20)
     }
-    pdl_warm_l2<C, TKV>(p, b, split, head, tid, STAGES);
-    griddep_wait();
+    if constexpr (!KVP_EARLY_KV) {
+      pdl_warm_l2<C, TKV>(p, b, split, head, tid, STAGES);
+      griddep_wait();
+    }
   }
 
   constexpr bool kQ8 = C::kFp8 && KVP_FP8_Q;
@@ -244,7 +250,8 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   // block instead and runs both mma in fp16 (exact for e4m3 K/V; P in [0, 1] gains 3 mantissa bits)
   constexpr bool kH16 = C::kFp8 && KVP_FP8_F16 && !kQ8 && std::is_same_v<TQ, __nv_bfloat16>;
   using TM = std::conditional_t<kH16, __half, TQ>;  // the mma operand type
-  if constexpr (!kQ8 && !kH16) {  // q does not depend on the page table: request it before the first dependent load
+  auto load_q = [&] {
+    if constexpr (kQ8 || kH16) return;  // converted from registers after the prologue instead
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
     if constexpr (C::kFp8) {
       for (int i = tid; i < C::kRows * (D / 2); i += C::kThreads) {
@@ -259,13 +266,15 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
         cp_async_16(smem + C::kOffQ + swz<D>(r, c), qb + (valid ? (qo_head0 + r) * p.q_stride_h + c * 8 : 0), valid);
       }
     }
-  }
+  };
+  if constexpr (!KVP_EARLY_KV) load_q();  // q does not depend on the page table: requested before the first dependent load
   const int page_beg = p.indptr[b];
   const int num_pages = p.indptr[b + 1] - page_beg;
   const int len = num_pages > 0 ? (num_pages - 1) * (1 << p.page_shift) + p.last_len[b] : 0;
   KVP_STAMP(1, len);
   TQ* out = static_cast<TQ*>(p.o);
   if (len <= 0) {  // empty request: zeros and lse = -inf, written once
+    if constexpr (KVP_EARLY_KV) griddep_wait();
     if (split == 0) {
       for (int i = tid; i < group * D; i += C::kThreads)
         out[b * p.o_stride_b + (qo_head0 + i / D) * p.o_stride_h + i % D] = from_float<TQ>(0.f);
@@ -344,7 +353,9 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       }
     }
   };
-  auto load_tile = [&](int tile) {
+  // early (experiment 38): before griddepcontrol.wait nothing is issued for the newest token's rows, which the kernel
+  // before this one may still be writing; they are loaded after the wait
+  auto load_tile = [&](int tile, bool early = false) {
     if (tile >= ntiles) return;
     const int stage = tile % STAGES;
 #if KVP_TMA
@@ -372,6 +383,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
     for (int it = 0; it < C::kTile * C::kChunksKV / C::kThreads; ++it) {
       const int i = tid + it * C::kThreads;
       const int r = i / C::kChunksKV, c = i % C::kChunksKV;
+      if (KVP_EARLY_KV && early && tok_beg + tile * C::kTile + r == len - 1) continue;
       const int64_t off = r_off[r];
       const bool valid = off >= 0;
       const int64_t src = (valid ? off : 0) + c * (16 / int(sizeof(TKV)));
@@ -402,7 +414,20 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   for (int j = KVP_PAGE_PREFETCH ? 0 : STAGES - 1; j < C::kLookahead; ++j) prefetch_tile(j);  // page: the ring's too
 #pragma unroll
   for (int j = 0; j < STAGES - 1; ++j) {
-    load_tile(j);
+    load_tile(j, true);
+    cp_async_commit();
+  }
+  if constexpr (KVP_EARLY_KV) {  // now the previous kernel's writes are visible: q, and the newest token's rows
+    griddep_wait();
+    load_q();
+    const int rel = len - 1 - tok_beg;
+    if (len - 1 < tok_end && rel < (STAGES - 1) * C::kTile && tid < C::kChunksKV) {
+      const int stage = (rel / C::kTile) % STAGES, r = rel % C::kTile;
+      const int64_t src = rows[(rel / C::kTile % C::kSlots) * C::kTile + r] + tid * (16 / int(sizeof(TKV)));
+      const int dst = swz_rows<C::kRowBytesKV>(r, tid);
+      cp_async_16(smem + C::kOffK + stage * C::kStageBytes + dst, kbase + src, true);
+      cp_async_16(smem + C::kOffV + stage * C::kStageBytes + dst, vbase + src, true);
+    }
     cp_async_commit();
   }
   if constexpr (kQ8 || kH16) {  // q converted once per block while the first KV loads are in flight:
@@ -447,7 +472,11 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       cp_async_wait<STAGES - 2>();
     }
 #else
-    cp_async_wait<STAGES - 2>();
+    if (KVP_EARLY_KV && t == 0) {
+      cp_async_wait<0>();  // the group after the wait (q, the newest rows) is the last committed
+    } else {
+      cp_async_wait<STAGES - 2>();
+    }
 #endif
     __syncthreads();
 #if KVP_TRACE

@@ -470,6 +470,57 @@ def test_tma_variant_against_reference(kv_fp8, d, page, splits):
     _merge_variant_against_reference(kv_fp8, d, page, splits, dict(tma=True), replays=2, poison_pool=True)
 
 
+@pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
+@pytest.mark.parametrize("splits", [None, 8])
+def test_early_kv_variant_against_reference(kv_fp8, d, page, splits):
+    """early_kv=True (experiment 38): the first tiles load before the PDL wait except each request's newest token.
+    The newest rows hold NaN until a copy launched just before the kernel writes them (SGLang's KV write), eagerly
+    and inside a replayed graph: the output must be the reference's, built from the written rows."""
+    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache, paged_decode_reference
+
+    from kernel_peers import _fixed_splits
+
+    _merge_variant_against_reference(kv_fp8, d, page, splits, dict(pdl=True, early_kv=True), replays=2)
+    cls = _fixed_splits(BatchDecodeWithPagedKVCache, splits) if splits else BatchDecodeWithPagedKVCache
+    kv = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
+    w = cls(32, 8, d, page, torch.bfloat16, kv, "cuda", pdl=True, early_kv=True).load()
+    lens = [1, 77, 1000, 5000, 3 * page + 1, 20000]
+    gen = torch.Generator("cuda").manual_seed(38 + d + page + (splits or 0))
+    inp = make_paged_inputs(lens, hq=32, hkv=8, d=d, page_size=page, dtype=torch.bfloat16, kv_fp8=kv_fp8,
+                            device="cuda", generator=gen)
+    kw = dict(sm_scale=1.0 / math.sqrt(d), k_scale=0.5 if kv_fp8 else 1.0, v_scale=1.5 if kv_fp8 else 1.0)
+    ref, _ = paged_decode_reference(inp.q, inp.k, inp.v, inp.indptr, inp.indices, inp.last_len, **kw)
+    last_page = inp.indices[(inp.indptr[1:] - 1).long()].long()
+    slots = last_page * page + (inp.last_len.long() - 1)  # each request's newest token
+    views = [t.view(-1, 8, d).view(torch.uint8) if kv_fp8 else t.view(-1, 8, d) for t in (inp.k, inp.v)]
+    newest = [v[slots].clone() for v in views]
+    nan = torch.full_like(newest[0], 0x7F) if kv_fp8 else torch.full_like(newest[0], float("nan"))
+
+    def step(out):
+        for v, rows in zip(views, newest):
+            v[slots] = rows  # the write the kernel's PDL wait must see
+        w.run(inp.q, inp.k, inp.v, out=out, **kw)
+
+    w.plan(inp.indptr, inp.indices, inp.last_len)
+    for v in views:
+        v[slots] = nan
+    out = torch.full_like(inp.q, float("nan"))
+    step(out)
+    torch.cuda.synchronize()
+    graph, again = torch.cuda.CUDAGraph(), torch.full_like(inp.q, float("nan"))
+    with torch.cuda.graph(graph):
+        step(again)
+    for _ in range(3):
+        for v in views:
+            v[slots] = nan
+        graph.replay()
+    torch.cuda.synchronize()
+    for o in (out, again):
+        assert not o.isnan().any()
+        for b in range(len(lens)):
+            assert rel_err(o[b], ref[b]) < (3e-2 if kv_fp8 else 1e-2), (b, rel_err(o[b], ref[b]))
+
+
 def _poison_unowned_slots(inp, page):
     owned = torch.zeros(inp.k.shape[0] * page, dtype=torch.bool, device=inp.k.device)
     lens = (inp.indptr[1:] - inp.indptr[:-1] - 1) * page + inp.last_len
