@@ -177,7 +177,7 @@ class KvPrefetch(Kernel):
     page_prefetch = False
     whole_page = False
     tma = False
-    early_kv = False
+    early_kv: Optional[bool] = None  # None: the product default (with PDL on an H200's three families)
     grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
@@ -249,7 +249,7 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
                                       "grid": grid if splits else None, "two_blocks": two_blocks,
                                       "late_trigger": late_trigger or None, "cluster_merge": cluster_merge,
                                       "page_prefetch": page_prefetch, "whole_page": whole_page, "tma": tma,
-                                      "early_kv": early_kv,
+                                      "early_kv": early_kv or None,  # None: the product default
                                       "f16_math": f16_math or None,  # None: the product default
                                       "lazy_rescale": lazy_rescale or None})
 

@@ -103,7 +103,7 @@ class BatchDecodeWithPagedKVCache:
     (experiment 35): 128-byte rows only (fp8 KV at head_dim 128, 16-bit KV at head_dim 64), a multiple of 8 kv heads
     and GQA groups up to 4; ``tma=True`` loads the K/V tiles as TMA boxes (16 tokens of one kv head) where the rows
     are 128 bytes and a page holds 16 tokens or more, with cp.async elsewhere (experiment 37); ``early_kv=True``
-    (with PDL) loads the ring's first tiles before the PDL wait, all but each request's newest token, whose rows
+    (with PDL; the default (None) turns it on with PDL where it measured faster, ``early_kv_default``) loads the ring's first tiles before the PDL wait, all but each request's newest token, whose rows
     and q are read after it (experiment 38). Its contract: the kernel launched just before this one in the stream
     writes no page-table entry and no KV row but the newest token's (SGLang's KV write before decode attention).
     """
@@ -131,7 +131,7 @@ class BatchDecodeWithPagedKVCache:
         page_prefetch: bool = False,
         whole_page: bool = False,
         tma: bool = False,
-        early_kv: bool = False,
+        early_kv: bool | None = None,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -177,9 +177,11 @@ class BatchDecodeWithPagedKVCache:
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
                            ("page_prefetch", page_prefetch), ("whole_page", whole_page),
-                           ("tma", tma), ("early_kv", early_kv)):
+                           ("tma", tma)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
+        if early_kv is not None and not isinstance(early_kv, bool):
+            raise ValueError(f"early_kv: expected a bool or None, got {early_kv!r}")
         if late_trigger is not None and not isinstance(late_trigger, bool):
             raise ValueError(f"late_trigger: expected a bool or None, got {late_trigger!r}")
         if whole_page:

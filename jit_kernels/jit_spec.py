@@ -82,7 +82,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                 f16_math: bool | None = None, lazy_rescale: bool | None = None, trace: bool = False,
                 two_blocks: bool = False, late_trigger: bool | None = None, gpu_name: str = "",
                 cluster_merge: bool = False, page_prefetch: bool = False,
-                whole_page: bool = False, tma: bool = False, early_kv: bool = False) -> DecodeConfig:
+                whole_page: bool = False, tma: bool = False, early_kv: bool | None = None) -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (None:
     ``f16_math_default``); ``lazy_rescale`` skips the output rescale while no row max grows by more than 2^8 (None:
@@ -94,7 +94,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     ``page_prefetch`` has the blocks of a (request, split) prefetch whole token rows, every kv head's, into L2;
     ``whole_page`` builds the kernel whose blocks each read 8 kv heads' rows of a token as one span; ``tma`` loads
     the K/V tiles with TMA boxes where the pool's rows are 128 bytes and pages hold 16 tokens or more; ``early_kv``
-    (with ``pdl``) loads the ring's first tiles, all but each request's newest token, before the PDL wait.
+    (with ``pdl``; None: ``early_kv_default``) loads the ring's first tiles, all but each request's newest token,
+    before the PDL wait.
     ``gpu_name`` (``torch.cuda.get_device_name``) picks the defaults measured on that card; "" means the H100's."""
     if f16_math is None:
         f16_math = f16_math_default(q_dtype, kv_fp8, head_dim, fp8_q)
@@ -104,6 +105,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
         pdl = pdl_default(kv_fp8, head_dim, gpu_name)
     if late_trigger is None:
         late_trigger = pdl and late_trigger_default(kv_fp8, head_dim)
+    if early_kv is None:
+        early_kv = pdl and not (tma or whole_page) and early_kv_default(kv_fp8, head_dim, gpu_name)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
                         prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks,
                         late_trigger, cluster_merge, page_prefetch, whole_page, tma, early_kv)
@@ -130,11 +133,23 @@ def pdl_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
     page-table walk overlap this one's tail and merge (run 12, experiment 20: geomean −4 … −5 %, −1 … −4 µs per layer
     on every split shape of the H100 grids), and at head_dim 64 with the late release (``late_trigger_default``).
     fp8 KV lost with either release (run 13: up to +14 % at the start, +4 % after the loop) and head_dim 256 is
-    unmeasured, so they launch plainly. On an H200 head_dim 64 launches plainly too: there the late release cost the
-    25-µs class 2–6 % (runs 13e, 13g)."""
+    unmeasured, so they launch plainly. On an H200 head_dim 64 launched plainly too (the late release cost the
+    25-µs class 2–6 %, runs 13e, 13g) until the first tiles moved before the wait (``early_kv_default``), which turns
+    PDL on for fp8 at head_dim 128 and 16-bit KV at head_dim 64 there."""
+    if early_kv_default(kv_fp8, head_dim, gpu_name):
+        return True  # on an H200 these load their first tiles before the wait (experiment 38)
     if kv_fp8 or head_dim not in (64, 128):
         return False
     return head_dim == 128 or "H200" not in gpu_name
+
+
+def early_kv_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
+    """On an H200 for fp8 KV at head_dim 128 and 16-bit KV at head_dim 64 and 128, the three families measured (run
+    17g, experiment 38): with the first tiles loaded before the PDL wait, geomean −7.5 % (fp8), −7.3 % (head_dim 64),
+    −4.2 % (bf16 head_dim 128) over each family's grid, up to −29 % at batch 1; no shape slower for fp8 and head_dim
+    64, +2 … +3 % on bf16's roofline shapes (≥ 8 × 16K). The H100 is unmeasured. Needs PDL (``pdl_default`` turns it
+    on with it); SGLang's backend launches without PDL unless KVPREFETCH_PDL asks for it."""
+    return "H200" in gpu_name and (head_dim, kv_fp8) in ((128, True), (64, False), (128, False))
 
 
 def f16_math_default(q_dtype: str, kv_fp8: bool, head_dim: int, fp8_q: bool = False) -> bool:

@@ -168,12 +168,17 @@ def test_pdl_default_only_where_measured_faster(kv, d, on):
     assert BatchDecodeWithPagedKVCache(32, 8, d, 16, q, kv, "cpu", pdl=False).config.late_trigger is False
 
 
-@pytest.mark.parametrize("d,on", [(64, False), (128, True)])
-def test_h200_launches_head_dim_64_plainly(d, on):  # run 13e: the late release cost the H200's 25-us class 4-6 %
+@pytest.mark.parametrize("fp8,d,on", [(False, 64, True), (False, 128, True), (True, 128, True), (True, 64, False),
+                                     (False, 256, False)])
+def test_h200_loads_kv_before_the_pdl_wait_where_measured(fp8, d, on):  # experiment 38 (run 17g)
     from kvprefetch.jit_kernels.jit_spec import make_config
 
-    assert make_config("bf16", False, d, 0, gpu_name="NVIDIA H200").pdl is on
-    assert make_config("bf16", False, d, 0, gpu_name="NVIDIA H100 80GB HBM3").pdl is True
+    cfg = make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200")
+    assert cfg.early_kv is on and cfg.pdl is (on or (d == 128 and not fp8))
+    assert make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=False).early_kv is False  # SGLang's default
+    assert make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", tma=True).early_kv is False
+    h100 = make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H100 80GB HBM3")
+    assert h100.early_kv is False and h100.pdl is (not fp8 and d in (64, 128))
 
 
 def test_prebuild_sets_name_each_module_once():
