@@ -16,8 +16,9 @@ variable                        default    meaning
                                            after ours does not use it, and the early start
                                            cost the 8B step 0.7 %: NOTES.md, run 15a);
                                            ``auto`` takes the kernel layer's per-card
-                                           choice (what kernel_bench measures), a boolean
-                                           forces it on / off.
+                                           choice (what kernel_bench measures; on an H200
+                                           it includes the KV loads before the PDL wait,
+                                           experiment 38), a boolean forces it on / off.
 ``KVPREFETCH_DISABLE``          ``0``      ``1``: do not use the kvprefetch decode kernel;
                                            SGLang's Triton attention backend serves
                                            instead (logged at start-up).

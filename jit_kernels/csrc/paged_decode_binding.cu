@@ -38,6 +38,8 @@ constexpr int kD = KVP_HEAD_DIM, kStages = KVP_STAGES;
 #define KVP_WHOLE_PAGE 0  // experiment 35: one block per group of 8 kv heads (paged_decode_wp.cuh)
 #endif
 #if KVP_WHOLE_PAGE
+static_assert(!KVP_FP8_Q && !KVP_TRACE && !KVP_CLUSTER_MERGE && !KVP_TMA && !KVP_EARLY_KV,
+              "not built for the whole-page kernel");
 using Cfg = kvp::WholePageCfg<TQ, TKV, kD, kStages>;
 constexpr int kHeadsPerBlock = kvp::kWpHeads;
 #else

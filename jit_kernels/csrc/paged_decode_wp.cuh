@@ -42,7 +42,6 @@ __device__ __forceinline__ int wp_kv_off(int t, int h, int c) { return (t * kWpH
 template <typename TQ, typename TKV, int D, int STAGES>
 __global__ void __launch_bounds__(32 * kWpHeads, 2) paged_decode_wp_kernel(const DecodeParams p) {
   using C = WholePageCfg<TQ, TKV, D, STAGES>;
-  static_assert(!KVP_FP8_Q && !KVP_TRACE && !KVP_CLUSTER_MERGE, "not built for the whole-page kernel");
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int split = blockIdx.z, hgrp = blockIdx.x, b = blockIdx.y;
