@@ -79,6 +79,9 @@ def configs(which: str) -> list[DecodeConfig]:
                  for fp8, d in ((True, 128), (False, 64)) for n in (3, 4)]
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name=gpu, tma=True) for fp8, d in ((True, 128), (False, 64), (False, 128))
                  for gpu in ("", "NVIDIA H200")]
+        # experiment 38's GPU test on the families whose default has no early loads (fp8 d64, 16-bit d256)
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=True, early_kv=True)
+                 for fp8, d in ((True, 64), (False, 256))]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
