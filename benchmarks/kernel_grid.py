@@ -56,8 +56,8 @@ def variant_name(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q
                  cluster_merge: bool = False, page_prefetch: bool = False, whole_page: bool = False,
                  tma: bool = False, early_kv: bool = False) -> str:
     """Kernel name of a kvprefetch experiment variant (kernel_bench --stages / --pdl / --fp8-q / --f16-math /
-    --lazy-rescale / --two-blocks / --late-trigger / --cluster-merge / --variant ..._pp / ..._wp / ..._tma / ..._ek / --splits / --grid-splits:
-    ``_x<splits>g<grid>``; --pdl / --no-pdl: ``_pdl`` / ``_nopdl``, None keeps the product default)."""
+    --lazy-rescale / --two-blocks / --late-trigger / --cluster-merge / --variant ..._pp / ..._wp / ..._tma / ..._ek /
+    --splits / --grid-splits: ``_x<splits>g<grid>``; --pdl / --no-pdl: ``_pdl`` / ``_nopdl``, None keeps the product default)."""
     pdl_tag = {True: "_pdl", False: "_nopdl"}.get(pdl, "")
     return ("kvprefetch" + (f"_s{stages}" if stages else "") + pdl_tag + ("_q8" if fp8_q else "")
             + ("_h16" if f16_math else "") + ("_lr" if lazy_rescale else "") + ("_b2" if two_blocks else "")

@@ -103,9 +103,10 @@ class BatchDecodeWithPagedKVCache:
     (experiment 35): 128-byte rows only (fp8 KV at head_dim 128, 16-bit KV at head_dim 64), a multiple of 8 kv heads
     and GQA groups up to 4; ``tma=True`` loads the K/V tiles as TMA boxes (16 tokens of one kv head) where the rows
     are 128 bytes and a page holds 16 tokens or more, with cp.async elsewhere (experiment 37); ``early_kv=True``
-    (with PDL; the default (None) turns it on with PDL where it measured faster, ``early_kv_default``) loads the ring's first tiles before the PDL wait, all but each request's newest token, whose rows
-    and q are read after it (experiment 38). Its contract: the kernel launched just before this one in the stream
-    writes no page-table entry and no KV row but the newest token's (SGLang's KV write before decode attention).
+    (with PDL) loads the ring's first tiles before the PDL wait, all but each request's newest token, whose rows
+    and q are read after it (experiment 38); the default (None) turns it on with PDL where it measured faster
+    (``early_kv_default``). Its contract: the kernel launched just before this one in the stream writes no
+    page-table entry and no KV row but the newest token's (SGLang's KV write before decode attention).
     """
 
     def __init__(
@@ -212,8 +213,8 @@ class BatchDecodeWithPagedKVCache:
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
                                   cluster_merge, page_prefetch, whole_page, tma, early_kv)
         if early_kv and (not self.config.pdl or tma or whole_page):
-            raise ValueError(f"early_kv: expected False unless the launch uses PDL (pdl={pdl!r}) on the per-head "
-                             f"cp.async kernel (tma={tma}, whole_page={whole_page})")
+            raise ValueError(f"early_kv: expected False unless the launch uses PDL (pdl resolved to "
+                             f"{self.config.pdl}) on the per-head cp.async kernel (tma={tma}, whole_page={whole_page})")
         if late_trigger and not self.config.pdl:
             raise ValueError(f"late_trigger: expected False or None unless the launch uses PDL, got pdl={pdl!r}")
         # with the tuned ring depth, a second module with a shallower ring runs the batches that fill every SM
