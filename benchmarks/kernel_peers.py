@@ -175,7 +175,6 @@ class KvPrefetch(Kernel):
     late_trigger: Optional[bool] = None  # None: the product default (after the loop for 16-bit KV at head_dim 64)
     cluster_merge = False
     page_prefetch = False
-    whole_page = False
     tma = False
     early_kv: Optional[bool] = None  # None: the product default (with PDL on an H200's three families)
     grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
@@ -189,7 +188,7 @@ class KvPrefetch(Kernel):
         key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance,
                self.stages, self.pdl, self.fp8_q, self.f16_math, self.lazy_rescale, self.splits, self.grid,
                self.two_blocks, self.late_trigger, self.cluster_merge, self.page_prefetch,
-               self.whole_page, self.tma, self.early_kv)
+               self.tma, self.early_kv)
         w = cache.wrappers.get(key)
         if w is None:
             cls = BatchDecodeWithPagedKVCache
@@ -199,8 +198,7 @@ class KvPrefetch(Kernel):
                     max_batch_size=256, prefetch_distance=self.distance, stages=self.stages, pdl=self.pdl,
                     fp8_q=self.fp8_q, f16_math=self.f16_math, lazy_rescale=self.lazy_rescale,
                     two_blocks=self.two_blocks, late_trigger=self.late_trigger, cluster_merge=self.cluster_merge,
-                    page_prefetch=self.page_prefetch, whole_page=self.whole_page,
-                    tma=self.tma, early_kv=self.early_kv)
+                    page_prefetch=self.page_prefetch, tma=self.tma, early_kv=self.early_kv)
             w.load()
             cache.wrappers[key] = w
         self.w, self.prob = w, prob
@@ -233,22 +231,21 @@ class KvPrefetchD0(KvPrefetch):
 def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: bool = False,
             splits: Optional[int] = None, f16_math: bool = False, lazy_rescale: bool = False,
             grid: Optional[int] = None, two_blocks: bool = False, late_trigger: bool = False,
-            cluster_merge: bool = False, page_prefetch: bool = False, whole_page: bool = False,
-            tma: bool = False, early_kv: bool = False) -> type:
+            cluster_merge: bool = False, page_prefetch: bool = False, tma: bool = False,
+            early_kv: bool = False) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
     fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), at most two blocks per SM
     (``kvprefetch_b2``), PDL released after the main loop (``kvprefetch_pdl_lt``), the cluster merge
-    (``kvprefetch_cm``), whole-token-row L2 prefetch (``kvprefetch_pp``), the whole-page kernel
-    (``kvprefetch_wp``), TMA tile loads (``kvprefetch_tma``), KV loads before the PDL
+    (``kvprefetch_cm``), whole-token-row L2 prefetch (``kvprefetch_pp``), TMA tile loads (``kvprefetch_tma``), KV loads before the PDL
     wait (``kvprefetch_pdl_ek``), a fixed split count
     (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's default."""
     name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid, two_blocks, late_trigger,
-                        cluster_merge, page_prefetch, whole_page, tma, early_kv)
+                        cluster_merge, page_prefetch, tma, early_kv)
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
                                       "grid": grid if splits else None, "two_blocks": two_blocks,
                                       "late_trigger": late_trigger or None, "cluster_merge": cluster_merge,
-                                      "page_prefetch": page_prefetch, "whole_page": whole_page, "tma": tma,
+                                      "page_prefetch": page_prefetch, "tma": tma,
                                       "early_kv": early_kv or None,  # None: the product default
                                       "f16_math": f16_math or None,  # None: the product default
                                       "lazy_rescale": lazy_rescale or None})

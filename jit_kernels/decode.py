@@ -19,8 +19,6 @@ HEAD_DIMS = (64, 128, 256)
 MAX_GROUP = 16  # q heads per kv head: the 16 rows of one m16n8k16 tile
 MAX_SPLITS = 256  # the kernel's merge keeps MAX_SPLITS x 16 weights in shared memory
 MIN_CHUNK_TOKENS = 128  # two 64-token tiles: all four warps busy, and few partials to merge
-WHOLE_PAGE_MIN_CHUNK_TOKENS = 64  # the whole-page kernel's warps are all busy from one 16-token tile
-WHOLE_PAGE_HEADS, WHOLE_PAGE_MAX_GROUP = 8, 4  # paged_decode_wp.cuh's kWpHeads, kWpMaxGroup
 # Blocks per SM the split count of short requests is planned for (the kernel's split_chunk): modules that fit three
 # (fp8, head_dim 64) ran the 25-us class 8-15 % faster with the splits of two (NOTES.md, runs 7 and 8).
 SHORT_BLOCKS_PER_SM = 2
@@ -99,9 +97,7 @@ class BatchDecodeWithPagedKVCache:
     count is 2..16, and merges them through distributed shared memory instead of global memory (experiment 30);
     ``page_prefetch=True`` has each kv head's block prefetch into L2 the whole token rows (every kv head's) of its
     share of each tile, so DRAM sees contiguous spans instead of per-head rows (experiment 34);
-    ``whole_page=True`` runs the kernel whose blocks each read whole token rows of 8 kv heads, one warp per head
-    (experiment 35): 128-byte rows only (fp8 KV at head_dim 128, 16-bit KV at head_dim 64), a multiple of 8 kv heads
-    and GQA groups up to 4; ``tma=True`` loads the K/V tiles as TMA boxes (16 tokens of one kv head) where the rows
+    ``tma=True`` loads the K/V tiles as TMA boxes (16 tokens of one kv head) where the rows
     are 128 bytes and a page holds 16 tokens or more, with cp.async elsewhere (experiment 37); ``early_kv=True``
     (with PDL) loads the ring's first tiles before the PDL wait, all but each request's newest token, whose rows
     and q are read after it (experiment 38); the default (None) turns it on with PDL where it measured faster
@@ -130,7 +126,6 @@ class BatchDecodeWithPagedKVCache:
         late_trigger: bool | None = None,
         cluster_merge: bool = False,
         page_prefetch: bool = False,
-        whole_page: bool = False,
         tma: bool = False,
         early_kv: bool | None = None,
     ):
@@ -177,28 +172,15 @@ class BatchDecodeWithPagedKVCache:
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
-                           ("page_prefetch", page_prefetch), ("whole_page", whole_page),
-                           ("tma", tma)):
+                           ("page_prefetch", page_prefetch), ("tma", tma)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
         if early_kv is not None and not isinstance(early_kv, bool):
             raise ValueError(f"early_kv: expected a bool or None, got {early_kv!r}")
         if late_trigger is not None and not isinstance(late_trigger, bool):
             raise ValueError(f"late_trigger: expected a bool or None, got {late_trigger!r}")
-        if whole_page:
-            row_bytes = head_dim * (1 if kv_dtype == _FP8 else 2)
-            if (row_bytes != 128 or num_kv_heads % WHOLE_PAGE_HEADS or group > WHOLE_PAGE_MAX_GROUP or fp8_q
-                    or trace or cluster_merge or page_prefetch or tma):
-                raise ValueError(
-                    f"whole_page: expected 128-byte KV rows (fp8 at head_dim 128, 16-bit at head_dim 64), num_kv_heads "
-                    f"a multiple of {WHOLE_PAGE_HEADS}, a GQA group of at most {WHOLE_PAGE_MAX_GROUP}, and no fp8_q / "
-                    f"trace / cluster_merge / page_prefetch / tma; got head_dim {head_dim} with {kv_dtype}, "
-                    f"num_kv_heads {num_kv_heads}, group {group}")
 
         self.num_qo_heads, self.num_kv_heads, self.group = num_qo_heads, num_kv_heads, group
-        # the grid's head dimension and the shortest split, per kernel
-        self._grid_heads = num_kv_heads // WHOLE_PAGE_HEADS if whole_page else num_kv_heads
-        self.min_chunk = WHOLE_PAGE_MIN_CHUNK_TOKENS if whole_page else MIN_CHUNK_TOKENS
         self.head_dim, self.page_size = head_dim, page_size
         self.q_dtype, self.kv_dtype = q_dtype, kv_dtype
         self.device = torch.device(device)
@@ -211,10 +193,10 @@ class BatchDecodeWithPagedKVCache:
         gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
-                                  cluster_merge, page_prefetch, whole_page, tma, early_kv)
-        if early_kv and (not self.config.pdl or tma or whole_page):
+                                  cluster_merge, page_prefetch, tma, early_kv)
+        if early_kv and (not self.config.pdl or tma):
             raise ValueError(f"early_kv: expected False unless the launch uses PDL (pdl resolved to "
-                             f"{self.config.pdl}) on the per-head cp.async kernel (tma={tma}, whole_page={whole_page})")
+                             f"{self.config.pdl}) on the cp.async path (tma={tma})")
         if late_trigger and not self.config.pdl:
             raise ValueError(f"late_trigger: expected False or None unless the launch uses PDL, got pdl={pdl!r}")
         # with the tuned ring depth, a second module with a shallower ring runs the batches that fill every SM
@@ -283,11 +265,11 @@ class BatchDecodeWithPagedKVCache:
 
     def num_splits_for(self, batch_size: int) -> int:
         target = self.wide_target_blocks if self.uses_wide(batch_size) else self.target_blocks
-        return split_count(batch_size, self._grid_heads, target)
+        return split_count(batch_size, self.num_kv_heads, target)
 
     def short_splits_for(self, batch_size: int) -> int:
         """The split count of requests whose splits would be short (the kernel clamps it to num_splits_for)."""
-        return split_count(batch_size, self._grid_heads, self.short_target_blocks)
+        return split_count(batch_size, self.num_kv_heads, self.short_target_blocks)
 
     def describe_module(self) -> str:
         """'<module name> (<prebuilt | JIT cache | compiled | rebuilt>, <seconds>)' once loaded, for logs; with the
@@ -385,6 +367,6 @@ class BatchDecodeWithPagedKVCache:
         module.run(
             q, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, out, lse,
             self._part_o, self._part_lse, self._counters,
-            num_splits, short_splits, self.min_chunk, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
+            num_splits, short_splits, MIN_CHUNK_TOKENS, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
         )
         return (out, lse) if return_lse else out

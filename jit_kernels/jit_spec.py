@@ -16,7 +16,7 @@ from pathlib import Path
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("paged_decode_binding.cu",)
-HEADERS = ("paged_decode.cuh", "paged_decode_wp.cuh", "ptx.cuh")
+HEADERS = ("paged_decode.cuh", "ptx.cuh")
 ARCH_FLAGS = {
     "90a": ["-gencode=arch=compute_90a,code=sm_90a"],
     "80": ["-gencode=arch=compute_80,code=sm_80"],  # compile-only check of the non-Hopper prefetch path
@@ -30,7 +30,7 @@ _EXPERIMENT_FLAGS = (("pdl", "-DKVP_PDL=1", "_pdl"), ("fp8_q", "-DKVP_FP8_Q=1", 
                      ("late_trigger", "-DKVP_LATE_TRIGGER=1", "_lt"),
                      ("cluster_merge", "-DKVP_CLUSTER_MERGE=1", "_cm"),
                      ("page_prefetch", "-DKVP_PAGE_PREFETCH=1", "_pp"),
-                     ("whole_page", "-DKVP_WHOLE_PAGE=1", "_wp"), ("tma", "-DKVP_TMA=1", "_tma"),
+                     ("tma", "-DKVP_TMA=1", "_tma"),
                      ("early_kv", "-DKVP_EARLY_KV=1", "_ek"))
 
 
@@ -51,7 +51,6 @@ class DecodeConfig:
     late_trigger: bool = False  # with pdl: release the next launch after the main loop, not at the start (exp. 23)
     cluster_merge: bool = False  # a request's splits form a cluster and merge through its shared memory (exp. 30)
     page_prefetch: bool = False  # each kv head's block prefetches whole token rows of its share of a tile (exp. 34)
-    whole_page: bool = False  # one block per 8 kv heads reads whole token rows (paged_decode_wp.cuh, exp. 35)
     tma: bool = False  # K/V tiles by TMA where the pool allows it (128-byte rows, page >= 16; experiment 37)
     early_kv: bool = False  # with pdl: the first tiles load before griddepcontrol.wait, but the newest token (exp. 38)
 
@@ -82,7 +81,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                 f16_math: bool | None = None, lazy_rescale: bool | None = None, trace: bool = False,
                 two_blocks: bool = False, late_trigger: bool | None = None, gpu_name: str = "",
                 cluster_merge: bool = False, page_prefetch: bool = False,
-                whole_page: bool = False, tma: bool = False, early_kv: bool | None = None) -> DecodeConfig:
+                tma: bool = False, early_kv: bool | None = None) -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (None:
     ``f16_math_default``); ``lazy_rescale`` skips the output rescale while no row max grows by more than 2^8 (None:
@@ -92,7 +91,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     ``pdl``) releases the next launch after the main loop (``--late-trigger``; None: ``late_trigger_default``);
     ``cluster_merge`` launches a request's 2–16 splits as one cluster that merges in shared memory (``--cluster-merge``);
     ``page_prefetch`` has the blocks of a (request, split) prefetch whole token rows, every kv head's, into L2;
-    ``whole_page`` builds the kernel whose blocks each read 8 kv heads' rows of a token as one span; ``tma`` loads
+    ``tma`` loads
     the K/V tiles with TMA boxes where the pool's rows are 128 bytes and pages hold 16 tokens or more; ``early_kv``
     (with ``pdl``; None: ``early_kv_default``) loads the ring's first tiles, all but each request's newest token,
     before the PDL wait.
@@ -106,10 +105,10 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     if late_trigger is None:
         late_trigger = pdl and late_trigger_default(kv_fp8, head_dim)
     if early_kv is None:
-        early_kv = pdl and not (tma or whole_page) and early_kv_default(kv_fp8, head_dim, gpu_name)
+        early_kv = pdl and not tma and early_kv_default(kv_fp8, head_dim, gpu_name)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
                         prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks,
-                        late_trigger, cluster_merge, page_prefetch, whole_page, tma, early_kv)
+                        late_trigger, cluster_merge, page_prefetch, tma, early_kv)
 
 
 # The shallower ring of the modules that fit three blocks per SM: it fits four, for grids that fill them (experiment 28)
@@ -120,10 +119,9 @@ def wide_config(cfg: DecodeConfig, gpu_name: str = "") -> DecodeConfig | None:
     """The module the op runs where the batch fills every SM (``BatchDecodeWithPagedKVCache.uses_wide``): ``cfg``
     with the shallower ring, for the table's own ring depth of fp8 KV at head_dim 128 and 16-bit KV at head_dim 64,
     on an H200 (experiments 27, 28: −8 … −31 % at batch ≥ 25, +6 … +10 % at 32 × 512; the H100 is unmeasured).
-    None elsewhere, and for the experiments that size the launch themselves (``two_blocks``, ``trace``, ``whole_page``)."""
+    None elsewhere, and for the experiments that size the launch themselves (``two_blocks``, ``trace``)."""
     key = (cfg.head_dim, cfg.kv_fp8)
-    if (key not in WIDE_STAGES or cfg.stages != STAGES[key] or cfg.two_blocks or cfg.trace or cfg.whole_page
-            or "H200" not in gpu_name):
+    if key not in WIDE_STAGES or cfg.stages != STAGES[key] or cfg.two_blocks or cfg.trace or "H200" not in gpu_name:
         return None
     return dataclasses.replace(cfg, stages=WIDE_STAGES[key])
 

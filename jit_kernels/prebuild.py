@@ -74,9 +74,7 @@ def configs(which: str) -> list[DecodeConfig]:
                  for gpu in ("", "NVIDIA H200")]
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", page_prefetch=True)
                  for fp8, d in ((True, 64), (False, 256))]  # the GPU test's other families
-        # experiments 35 and 37 (kernel_bench --variant kvprefetch_s3_wp / kvprefetch_tma and their GPU tests)
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", whole_page=True, stages=n)
-                 for fp8, d in ((True, 128), (False, 64)) for n in (3, 4)]
+        # experiment 37 (kernel_bench --variant kvprefetch_tma and its GPU test)
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name=gpu, tma=True)
                  for fp8, d in ((True, 128), (False, 64), (False, 128)) for gpu in ("", "NVIDIA H200")]
         # experiment 38's GPU test on the families whose default has no early loads (fp8 d64, 16-bit d256)

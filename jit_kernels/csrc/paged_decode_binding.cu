@@ -11,7 +11,6 @@
 #include <tvm/ffi/optional.h>
 
 #include "paged_decode.cuh"
-#include "paged_decode_wp.cuh"
 #if KVP_TMA
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 #endif
@@ -31,21 +30,9 @@ using TKV = __nv_fp8_e4m3;
 #else
 using TKV = TQ;
 #endif
-constexpr int kD = KVP_HEAD_DIM, kStages = KVP_STAGES;
-[[maybe_unused]] constexpr int kPF = KVP_PREFETCH;  // unused by the whole-page kernel
-[[maybe_unused]] constexpr bool kPFBulk = KVP_PREFETCH_BULK;
-#ifndef KVP_WHOLE_PAGE
-#define KVP_WHOLE_PAGE 0  // experiment 35: one block per group of 8 kv heads (paged_decode_wp.cuh)
-#endif
-#if KVP_WHOLE_PAGE
-static_assert(!KVP_FP8_Q && !KVP_TRACE && !KVP_CLUSTER_MERGE && !KVP_TMA && !KVP_EARLY_KV,
-              "not built for the whole-page kernel");
-using Cfg = kvp::WholePageCfg<TQ, TKV, kD, kStages>;
-constexpr int kHeadsPerBlock = kvp::kWpHeads;
-#else
+constexpr int kD = KVP_HEAD_DIM, kStages = KVP_STAGES, kPF = KVP_PREFETCH;
+constexpr bool kPFBulk = KVP_PREFETCH_BULK;
 using Cfg = kvp::DecodeCfg<TQ, TKV, kD, kStages, kPF>;
-constexpr int kHeadsPerBlock = 1;
-#endif
 
 #define KVP_CHECK_CUDA(expr)                                                            \
   do {                                                                                  \
@@ -75,11 +62,7 @@ int launch_smem() {
 #endif
 }
 
-#if KVP_WHOLE_PAGE
-constexpr auto kKernel = kvp::paged_decode_wp_kernel<TQ, TKV, kD, kStages>;
-#else
 constexpr auto kKernel = kvp::paged_decode_kernel<TQ, TKV, kD, kStages, kPF, kPFBulk>;
-#endif
 
 void enable_smem() {
   static bool done = false;  // one module per process and specialisation; a benign race sets it twice
@@ -211,7 +194,7 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
 #endif
 
   enable_smem();
-  const dim3 grid(static_cast<unsigned>(num_kv_heads / kHeadsPerBlock), static_cast<unsigned>(batch),
+  const dim3 grid(static_cast<unsigned>(num_kv_heads), static_cast<unsigned>(batch),
                   static_cast<unsigned>(num_splits));
   auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(q.device().device_type, q.device().device_id));
 #if KVP_PDL || KVP_CLUSTER_MERGE

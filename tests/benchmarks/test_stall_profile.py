@@ -38,13 +38,13 @@ def sample():
 def test_kernel_names_and_variants():
     assert kg.parse_variant("kvprefetch") == {} and kg.parse_variant("kvprefetch_d0") == {}
     assert kg.parse_variant("kvprefetch_s6_pdl") == {"stages": 6, "pdl": True, "fp8_q": False, "f16_math": False, "lazy_rescale": False,
-                                                     "two_blocks": False, "late_trigger": False, "cluster_merge": False, "page_prefetch": False, "whole_page": False, "tma": False, "early_kv": False, "splits": None,
+                                                     "two_blocks": False, "late_trigger": False, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "splits": None,
                                                      "grid": None}
     assert kg.parse_variant("kvprefetch_q8_x2") == {"stages": None, "pdl": None, "fp8_q": True, "f16_math": False, "lazy_rescale": False,
-                                                    "two_blocks": False, "late_trigger": False, "cluster_merge": False, "page_prefetch": False, "whole_page": False, "tma": False, "early_kv": False, "splits": 2,
+                                                    "two_blocks": False, "late_trigger": False, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "splits": 2,
                                                     "grid": None}
     assert kg.parse_variant("kvprefetch_h16") == {"stages": None, "pdl": None, "fp8_q": False, "f16_math": True, "lazy_rescale": False,
-                                                  "two_blocks": False, "late_trigger": False, "cluster_merge": False, "page_prefetch": False, "whole_page": False, "tma": False, "early_kv": False, "splits": None,
+                                                  "two_blocks": False, "late_trigger": False, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "splits": None,
                                                   "grid": None}
     assert kg.variant_name(f16_math=True) == "kvprefetch_h16"
     assert kg.variant_name(pdl=False) == "kvprefetch_nopdl" and kg.parse_variant("kvprefetch_nopdl")["pdl"] is False
@@ -62,8 +62,6 @@ def test_kernel_names_and_variants():
     assert kg.variant_name(pdl=True, early_kv=True) == "kvprefetch_pdl_ek"
     assert kg.parse_variant("kvprefetch_pdl_ek") == {**kg.parse_variant("kvprefetch_pdl"), "early_kv": True}
     assert kg.parse_variant("kvprefetch_tma_x2") == {**kg.parse_variant("kvprefetch_x2"), "tma": True}
-    assert kg.variant_name(stages=3, whole_page=True, splits=16) == "kvprefetch_s3_wp_x16"
-    assert kg.parse_variant("kvprefetch_s3_wp_x16") == {**kg.parse_variant("kvprefetch_s3_x16"), "whole_page": True}
     assert kg.parse_variant("kvprefetch_s3_pp") == {**kg.parse_variant("kvprefetch_s3"), "page_prefetch": True}
     assert kg.parse_variant("kvprefetch_x16g33")["splits"] == 16 and kg.parse_variant("kvprefetch_x16g33")["grid"] == 33
     assert kg.parse_variant("kvprefetch_") is None and kg.parse_variant("fa3") is None

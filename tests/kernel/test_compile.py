@@ -44,10 +44,10 @@ def test_cuda_home_is_found():
                                      dict(f16_math=True, lazy_rescale=True), dict(trace=True),
                                      dict(pdl=True, two_blocks=True), dict(pdl=True, late_trigger=True),
                                      dict(cluster_merge=True), dict(pdl=True, cluster_merge=True, trace=True),
-                                     dict(page_prefetch=True), dict(whole_page=True, stages=3),
+                                     dict(page_prefetch=True),
                                      dict(tma=True), dict(pdl=True, early_kv=True)],
                          ids=["pdl", "fp8_q", "f16_math", "f16_math+lazy_rescale", "trace", "pdl+two_blocks",
                               "pdl+late_trigger", "cluster_merge", "pdl+cluster_merge+trace",
-                              "page_prefetch", "whole_page", "tma", "pdl+early_kv"])
+                              "page_prefetch", "tma", "pdl+early_kv"])
 def test_experiment_variants_compile(tmp_path, variant):  # griddepcontrol + cudaLaunchKernelEx; e4m3 mma; fp16 mma
     _compile(tmp_path, make_config("bf16", True, 128, 0, **variant), "90a")

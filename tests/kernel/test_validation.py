@@ -39,7 +39,6 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(late_trigger=1), "late_trigger"),
     (dict(cluster_merge=1), "cluster_merge"),
     (dict(page_prefetch="yes"), "page_prefetch"),
-    (dict(whole_page=True), "whole_page"),  # bf16 at head_dim 128: 256-byte rows
     (dict(tma=1), "tma"),
     (dict(pdl=False, early_kv=True), "early_kv"),
 ])
