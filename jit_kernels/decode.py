@@ -101,8 +101,10 @@ class BatchDecodeWithPagedKVCache:
     are 128 bytes and a page holds 16 tokens or more, with cp.async elsewhere (experiment 37); ``early_kv=True``
     (with PDL) loads the ring's first tiles before the PDL wait, all but each request's newest token, whose rows
     and q are read after it (experiment 38); the default (None) turns it on with PDL where it measured faster
-    (``early_kv_default``). Its contract: the kernel launched just before this one in the stream writes no
-    page-table entry and no KV row but the newest token's (SGLang's KV write before decode attention).
+    (``early_kv_default``). Its contract: no kernel that may still run when this launch starts (the one just
+    before it in the stream, and those before that which released their dependents early) writes a page-table
+    entry or a KV row other than the newest token's. SGLang's KV write before decode attention keeps it: it does
+    not release early, so it has finished when this kernel starts, and it writes only the newest token.
     """
 
     def __init__(
