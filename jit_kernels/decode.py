@@ -8,6 +8,7 @@ import os
 import torch
 
 from .device import is_supported_device
+from . import l2_prefetch
 from .errors import KernelUnavailableError
 from .jit_spec import make_config, wide_config
 from .loader import describe_load, load_module
@@ -372,3 +373,26 @@ class BatchDecodeWithPagedKVCache:
             num_splits, short_splits, MIN_CHUNK_TOKENS, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
         )
         return (out, lse) if return_lse else out
+
+    # ---- cross-layer L2 prefetch (experiment 39)
+    def prefetch_l2(self, k_cache: torch.Tensor, v_cache: torch.Tensor, *, max_bytes: int | None = None,
+                    evict_last: bool = True) -> None:
+        """Bring the planned requests' pages of another layer's ``k_cache`` / ``v_cache`` (this op's shapes) into L2
+        without waiting for them, at most ``max_bytes`` of K and V; capturable. With ``evict_last`` the lines are
+        persisting ones (kept through a weight stream only where ``set_persisting_l2`` set an L2 set-aside)."""
+        if self._plan is None:
+            raise ValueError("prefetch_l2: plan() must be called before prefetch_l2()")
+        if k_cache.shape[1:] != ((self.page_size, self.num_kv_heads, self.head_dim) if k_cache.dim() == 4
+                                 else (self.num_kv_heads, self.head_dim)) or self.page_size > 1 and k_cache.dim() != 4:
+            raise ValueError(f"k_cache: expected shape [num_pages, {self.page_size}, {self.num_kv_heads}, "
+                             f"{self.head_dim}] (or [num_slots, {self.num_kv_heads}, {self.head_dim}] with page 1), got "
+                             f"{tuple(k_cache.shape)}")
+        check_tensor("k_cache", k_cache, dtype=self.kv_dtype, device=self.device)
+        kv_indptr, kv_indices, _, batch = self._plan[:4]
+        l2_prefetch.launch(self._module, k_cache, v_cache, kv_indptr, kv_indices, batch, self.page_size, max_bytes,
+                           evict_last)
+
+    def set_persisting_l2(self, nbytes: int | None) -> int:
+        """Set this device's L2 set-aside for persisting lines (None: read it); returns the set-aside in effect."""
+        self.load()
+        return l2_prefetch.set_persisting_l2(self._module, self.device, nbytes)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 CSRC_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("paged_decode_binding.cu",)
-HEADERS = ("paged_decode.cuh", "ptx.cuh")
+HEADERS = ("paged_decode.cuh", "ptx.cuh", "l2_prefetch.cuh")
 ARCH_FLAGS = {
     "90a": ["-gencode=arch=compute_90a,code=sm_90a"],
     "80": ["-gencode=arch=compute_80,code=sm_80"],  # compile-only check of the non-Hopper prefetch path

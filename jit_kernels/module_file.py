@@ -11,7 +11,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-ENTRY_POINTS = ("run", "blocks_per_sm")  # the functions decode.py calls; tvm-ffi exports each as __tvm_ffi_<name>
+# the functions the op calls (decode.py, l2_prefetch.py); tvm-ffi exports each as __tvm_ffi_<name>
+ENTRY_POINTS = ("run", "blocks_per_sm", "l2_prefetch", "l2_persisting")
 
 _ELF_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
 _PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")

@@ -10,6 +10,7 @@
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/optional.h>
 
+#include "l2_prefetch.cuh"
 #include "paged_decode.cuh"
 #if KVP_TMA
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
@@ -229,6 +230,43 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
 #endif
 }
 
+// Experiment 39: prefetch the pages of each of the first `batch` requests (at most `max_pages` each) of the pools k
+// and v into L2, `page_bytes` from every page's start; `blocks_per_request` blocks of 128 threads per request.
+void l2_prefetch(TensorView k, TensorView v, TensorView indptr, TensorView indices, int64_t batch,
+                 int64_t page_stride_bytes, int64_t page_bytes, int64_t max_pages, int64_t blocks_per_request,
+                 bool evict_last) {
+  if (batch == 0 || max_pages == 0) return;
+  kvp::L2PrefetchParams p{};
+  p.k = static_cast<const char*>(k.data_ptr());
+  p.v = static_cast<const char*>(v.data_ptr());
+  p.page_stride_bytes = page_stride_bytes;
+  p.page_bytes = static_cast<uint32_t>(page_bytes);
+  p.indptr = static_cast<const int32_t*>(indptr.data_ptr());
+  p.indices = static_cast<const int32_t*>(indices.data_ptr());
+  p.num_pool_pages = static_cast<int32_t>(k.size(0));
+  p.max_pages = static_cast<int32_t>(std::min<int64_t>(max_pages, INT32_MAX));
+  p.evict_last = evict_last ? 1 : 0;
+  auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(k.device().device_type, k.device().device_id));
+  const dim3 grid(static_cast<unsigned>(blocks_per_request), static_cast<unsigned>(batch));
+  kvp::l2_prefetch_kernel<<<grid, 128, 0, stream>>>(p);
+  KVP_CHECK_CUDA(cudaGetLastError());
+}
+
+// The L2 set-aside for persisting (evict_last) lines of the current device: set to min(bytes, the card's maximum)
+// when bytes >= 0; returns the set-aside in effect. Process-wide, like cudaDeviceSetLimit itself.
+int64_t l2_persisting(int64_t bytes) {
+  if (bytes >= 0) {
+    int dev = 0, max_bytes = 0;
+    KVP_CHECK_CUDA(cudaGetDevice(&dev));
+    KVP_CHECK_CUDA(cudaDeviceGetAttribute(&max_bytes, cudaDevAttrMaxPersistingL2CacheSize, dev));
+    KVP_CHECK_CUDA(cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize,
+                                      static_cast<size_t>(std::min<int64_t>(bytes, max_bytes))));
+  }
+  size_t now = 0;
+  KVP_CHECK_CUDA(cudaDeviceGetLimit(&now, cudaLimitPersistingL2CacheSize));
+  return static_cast<int64_t>(now);
+}
+
 #if KVP_TRACE
 // Experiment 18: every block of later launches appends its timeline to `buf` (int64, word 0 = record count, which
 // the caller zeroes between captures of interest); an empty tensor turns tracing off.
@@ -243,6 +281,8 @@ void set_trace(TensorView buf) {
 }  // namespace
 
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(run, run);
+TVM_FFI_DLL_EXPORT_TYPED_FUNC(l2_prefetch, l2_prefetch);
+TVM_FFI_DLL_EXPORT_TYPED_FUNC(l2_persisting, l2_persisting);
 #if KVP_TRACE
 TVM_FFI_DLL_EXPORT_TYPED_FUNC(set_trace, set_trace);
 #endif

@@ -10,6 +10,8 @@ from pathlib import Path
 _ENTRY_POINTS_C = """
 int __tvm_ffi_run(void *self, const void *args, int num_args, void *result) { return 0; }
 int __tvm_ffi_blocks_per_sm(void *self, const void *args, int num_args, void *result) { return 0; }
+int __tvm_ffi_l2_prefetch(void *self, const void *args, int num_args, void *result) { return 0; }
+int __tvm_ffi_l2_persisting(void *self, const void *args, int num_args, void *result) { return 0; }
 """
 _NO_ENTRY_POINTS_C = "int kvprefetch_stub_without_entry_points;\n"
 

@@ -37,7 +37,7 @@ def test_a_damaged_module_is_named_not_loaded(good, how, needle):
 
 def test_a_module_without_entry_points_is_refused(tmp_path):
     path = compile_shared(tmp_path / "bare.so", with_entry_points=False)
-    assert "__tvm_ffi_run, __tvm_ffi_blocks_per_sm" in module_file_problem(path)
+    assert "__tvm_ffi_run, __tvm_ffi_blocks_per_sm, __tvm_ffi_l2_prefetch" in module_file_problem(path)
 
 
 def test_a_missing_file_is_named(tmp_path):

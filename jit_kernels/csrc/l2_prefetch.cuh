@@ -1,0 +1,58 @@
+// Cross-layer L2 prefetch (experiment 39): bring one layer's KV pages, named by the decode page table, into L2 while
+// the kernels between two attention launches (o_proj, MLP, the next layer's QKV) stream their weights. Each thread
+// issues fire-and-forget bulk prefetches (the copy engine moves the bytes; no SM waits for them), optionally tagged
+// evict_last so that, with an L2 set-aside for persisting lines, the weight stream cannot push them out.
+#pragma once
+#include <stdint.h>
+
+#include "ptx.cuh"
+
+namespace kvp {
+
+struct L2PrefetchParams {
+  const char* k;
+  const char* v;
+  int64_t page_stride_bytes;  // bytes from one page (or token slot, page 1) of the pool to the next
+  uint32_t page_bytes;        // bytes of one page's rows, contiguous from its start (a multiple of 16)
+  const int32_t* indptr;      // [batch + 1] into indices
+  const int32_t* indices;     // page ids
+  int32_t num_pool_pages;     // ids outside [0, num_pool_pages) are skipped
+  int32_t max_pages;          // pages prefetched per request, from its first (the byte budget's share)
+  int32_t evict_last;         // tag the lines evict_last (persisting) instead of the default policy
+};
+
+__device__ __forceinline__ void prefetch_l2_bulk_policy(const void* gmem, uint32_t bytes, uint64_t policy) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;\n" ::"l"(gmem), "r"(bytes), "l"(policy)
+               : "memory");
+#endif
+}
+
+__device__ __forceinline__ uint64_t evict_last_policy() {
+  uint64_t policy = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+#endif
+  return policy;
+}
+
+// grid (x: blocks per request, y: request); every thread takes every (gridDim.x * blockDim.x)-th page of its request.
+__global__ void l2_prefetch_kernel(const L2PrefetchParams p) {
+  const int32_t begin = p.indptr[blockIdx.y];
+  const int32_t end = min(p.indptr[blockIdx.y + 1], begin + p.max_pages);
+  const uint64_t policy = p.evict_last ? evict_last_policy() : 0;
+  for (int32_t j = begin + blockIdx.x * blockDim.x + threadIdx.x; j < end; j += gridDim.x * blockDim.x) {
+    const int32_t page = p.indices[j];
+    if (page < 0 || page >= p.num_pool_pages) continue;
+    const int64_t off = static_cast<int64_t>(page) * p.page_stride_bytes;
+    if (p.evict_last) {
+      prefetch_l2_bulk_policy(p.k + off, p.page_bytes, policy);
+      prefetch_l2_bulk_policy(p.v + off, p.page_bytes, policy);
+    } else {
+      prefetch_l2_bulk(p.k + off, p.page_bytes);
+      prefetch_l2_bulk(p.v + off, p.page_bytes);
+    }
+  }
+}
+
+}  // namespace kvp
