@@ -46,7 +46,10 @@ class Shape:
 
 MODELS = {"llama-3.1-8b": Shape(4096, 32, 8, 128, 14336, 32), "llama-3.2-1b": Shape(2048, 32, 8, 64, 8192, 16)}
 POLICIES = ("evict_last", "")  # "" = the default policy
-BULK = ("bulk_evict_last_aside", "bulk_evict_last", "bulk_normal")
+# bulk_<policy>[_aside][_side][_b<N>]: _side issues the prefetch on a side stream joined before the next attention;
+# _b<N> gives the prefetch kernel N blocks per request
+BULK = ("bulk_evict_last_aside", "bulk_evict_last", "bulk_normal", "bulk_evict_last_aside_side",
+        "bulk_evict_last_aside_b132", "bulk_evict_last_aside_side_b132", "bulk_normal_side_b132")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -81,10 +84,16 @@ def parse_variant(name: str) -> Dict[str, Any]:
     {'bulk': True, 'policy': 'evict_last', 'aside': True}; others neither."""
     spec = {"touch": False, "bulk": False, "attention": name != "weights", "weights": name != "attention"}
     if name.startswith("bulk_"):
-        policy = name[len("bulk_"):]
-        aside = policy.endswith("_aside")
-        policy = policy[: -len("_aside")] if aside else policy
-        return {**spec, "bulk": True, "policy": "" if policy == "normal" else policy, "aside": aside}
+        rest, blocks = name[len("bulk_"):], None
+        if "_b" in rest and rest.rpartition("_b")[2].isdigit():
+            rest, _, n = rest.rpartition("_b")
+            blocks = int(n)
+        side = rest.endswith("_side")
+        rest = rest[: -len("_side")] if side else rest
+        aside = rest.endswith("_aside")
+        policy = rest[: -len("_aside")] if aside else rest
+        return {**spec, "bulk": True, "policy": "" if policy == "normal" else policy, "aside": aside,
+                "side": side, "blocks": blocks}
     if not name.startswith("touch_"):
         return spec
     policy, _, n = name[len("touch_"):].rpartition("_p")
@@ -140,7 +149,7 @@ def build_step(model: "Model", kv, wrapper, toucher: Optional[Any], spec: Dict[s
     import torch.nn.functional as F
 
     m = model.shape
-    side = torch.cuda.Stream() if spec["touch"] else None
+    side = torch.cuda.Stream() if spec["touch"] or spec.get("side") else None
 
     def step():
         main = torch.cuda.current_stream()
@@ -157,8 +166,12 @@ def build_step(model: "Model", kv, wrapper, toucher: Optional[Any], spec: Dict[s
                 wrapper.run(model.q, kv[i][0], kv[i][1], out=model.o)
                 if spec["bulk"]:
                     nxt = kv[(i + 1) % n]
-                    wrapper.prefetch_l2(nxt[0], nxt[1], max_bytes=bulk_bytes, evict_last=spec["policy"] == "evict_last")
-                if side is not None and i + 1 < n:
+                    if side is not None:
+                        side.wait_stream(main)
+                    with torch.cuda.stream(side if side is not None else main):
+                        wrapper.prefetch_l2(nxt[0], nxt[1], max_bytes=bulk_bytes,
+                                            evict_last=spec["policy"] == "evict_last", blocks=spec["blocks"])
+                if spec["touch"] and i + 1 < n:
                     side.wait_stream(main)
                     with torch.cuda.stream(side):
                         toucher(kv[i + 1][0], kv[i + 1][1])

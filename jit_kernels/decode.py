@@ -376,10 +376,11 @@ class BatchDecodeWithPagedKVCache:
 
     # ---- cross-layer L2 prefetch (experiment 39)
     def prefetch_l2(self, k_cache: torch.Tensor, v_cache: torch.Tensor, *, max_bytes: int | None = None,
-                    evict_last: bool = True) -> None:
+                    evict_last: bool = True, blocks: int | None = None) -> None:
         """Bring the planned requests' pages of another layer's ``k_cache`` / ``v_cache`` (this op's shapes) into L2
-        without waiting for them, at most ``max_bytes`` of K and V; capturable. With ``evict_last`` the lines are
-        persisting ones (kept through a weight stream only where ``set_persisting_l2`` set an L2 set-aside)."""
+        without waiting for them, at most ``max_bytes`` of K and V, ``blocks`` blocks per request (None: a few);
+        capturable. With ``evict_last`` the lines are persisting ones (kept through a weight stream only where
+        ``set_persisting_l2`` set an L2 set-aside)."""
         if self._plan is None:
             raise ValueError("prefetch_l2: plan() must be called before prefetch_l2()")
         if k_cache.shape[1:] != ((self.page_size, self.num_kv_heads, self.head_dim) if k_cache.dim() == 4
@@ -390,7 +391,7 @@ class BatchDecodeWithPagedKVCache:
         check_tensor("k_cache", k_cache, dtype=self.kv_dtype, device=self.device)
         kv_indptr, kv_indices, _, batch = self._plan[:4]
         l2_prefetch.launch(self._module, k_cache, v_cache, kv_indptr, kv_indices, batch, self.page_size, max_bytes,
-                           evict_last)
+                           evict_last, blocks)
 
     def set_persisting_l2(self, nbytes: int | None) -> int:
         """Set this device's L2 set-aside for persisting lines (None: read it); returns the set-aside in effect."""

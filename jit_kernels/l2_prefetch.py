@@ -36,9 +36,10 @@ def blocks_per_request(batch: int) -> int:
 
 
 def launch(module, k_cache: torch.Tensor, v_cache: torch.Tensor, kv_indptr: torch.Tensor, kv_indices: torch.Tensor,
-           batch: int, page_size: int, max_bytes: int | None, evict_last: bool) -> None:
+           batch: int, page_size: int, max_bytes: int | None, evict_last: bool, blocks: int | None = None) -> None:
     """Prefetch the first ``batch`` requests' pages of ``k_cache`` / ``v_cache`` (at most ``max_bytes`` of K and V in
-    all, shared evenly by the requests, each from its first page) on the current stream; capturable."""
+    all, shared evenly by the requests, each from its first page) on the current stream, with ``blocks`` blocks per
+    request (None: ``blocks_per_request``); capturable."""
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         check_tensor(name, t, ndim=(3, 4), device=kv_indptr.device)
     if k_cache.shape != v_cache.shape or k_cache.stride() != v_cache.stride() or k_cache.dtype != v_cache.dtype:
@@ -46,6 +47,8 @@ def launch(module, k_cache: torch.Tensor, v_cache: torch.Tensor, kv_indptr: torc
                          f"{tuple(v_cache.shape)}")
     if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
         raise ValueError(f"max_bytes: expected None (every page) or an int >= 0, got {max_bytes!r}")
+    if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks <= 1024):
+        raise ValueError(f"blocks: expected None or an int 1..1024, got {blocks!r}")
     stride_bytes, page_bytes = pool_page_geometry(k_cache, page_size)
     max_pages = 2**31 - 1 if max_bytes is None else max_bytes // (2 * page_bytes * max(batch, 1))
     if batch == 0 or max_pages == 0:
@@ -53,7 +56,7 @@ def launch(module, k_cache: torch.Tensor, v_cache: torch.Tensor, kv_indptr: torc
     if k_cache.dtype == torch.float8_e4m3fn:  # DLPack has no portable float8: hand the kernel the bytes
         k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
     module.l2_prefetch(k_cache, v_cache, kv_indptr, kv_indices, batch, stride_bytes, page_bytes, max_pages,
-                       blocks_per_request(batch), bool(evict_last))
+                       blocks or blocks_per_request(batch), bool(evict_last))
 
 
 def set_persisting_l2(module, device: torch.device, nbytes: int | None) -> int:

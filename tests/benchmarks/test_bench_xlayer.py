@@ -14,9 +14,12 @@ def test_variants_round_trip_through_their_names():
     assert xb.parse_variant("attention") == {"touch": False, "bulk": False, "attention": True, "weights": False}
     assert sum(xb.parse_variant(n)["touch"] for n in names) == 4
     assert xb.parse_variant("bulk_evict_last_aside") == {"touch": False, "bulk": True, "attention": True,
-                                                          "weights": True, "policy": "evict_last", "aside": True}
+                                                          "weights": True, "policy": "evict_last", "aside": True,
+                                                          "side": False, "blocks": None}
     assert xb.parse_variant("bulk_normal") == {"touch": False, "bulk": True, "attention": True, "weights": True,
-                                               "policy": "", "aside": False}
+                                               "policy": "", "aside": False, "side": False, "blocks": None}
+    spec = xb.parse_variant("bulk_evict_last_aside_side_b132")
+    assert (spec["policy"], spec["aside"], spec["side"], spec["blocks"]) == ("evict_last", True, True, 132)
     assert [n for n in names if xb.parse_variant(n)["bulk"]] == list(xb.BULK)
 
 

@@ -69,3 +69,11 @@ def test_bad_set_aside_is_named():
 @pytest.mark.parametrize("batch,blocks", [(1, 8), (16, 8), (32, 4), (256, 1)])
 def test_blocks_per_request(batch, blocks):
     assert l2_prefetch.blocks_per_request(batch) == blocks
+
+
+@pytest.mark.parametrize("blocks", [0, 1025, 2.0, True])
+def test_bad_block_count_is_named(blocks):
+    indptr, indices = _table()
+    k = torch.zeros(10, 16, 8, 128, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="blocks: expected None or an int 1..1024"):
+        l2_prefetch.launch(FakeModule(), k, k, indptr, indices, 2, 16, None, True, blocks)
