@@ -230,13 +230,13 @@ class KvPrefetchD0(KvPrefetch):
 
 def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: bool = False,
             splits: Optional[int] = None, f16_math: bool = False, lazy_rescale: bool = False,
-            grid: Optional[int] = None, two_blocks: bool = False, late_trigger: bool = False,
+            grid: Optional[int] = None, two_blocks: bool = False, late_trigger: Optional[bool] = None,
             cluster_merge: bool = False, page_prefetch: bool = False, tma: bool = False,
             early_kv: bool = False) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
     fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), at most two blocks per SM
-    (``kvprefetch_b2``), PDL released after the main loop (``kvprefetch_pdl_lt``), the cluster merge
+    (``kvprefetch_b2``), PDL released after the main loop or at the start (``kvprefetch_pdl_lt`` / ``_et``), the cluster merge
     (``kvprefetch_cm``), whole-token-row L2 prefetch (``kvprefetch_pp``), TMA tile loads (``kvprefetch_tma``), KV loads before the PDL
     wait (``kvprefetch_pdl_ek``), a fixed split count
     (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's default."""
@@ -244,7 +244,7 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
                         cluster_merge, page_prefetch, tma, early_kv)
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
                                       "grid": grid if splits else None, "two_blocks": two_blocks,
-                                      "late_trigger": late_trigger or None, "cluster_merge": cluster_merge,
+                                      "late_trigger": late_trigger, "cluster_merge": cluster_merge,
                                       "page_prefetch": page_prefetch, "tma": tma,
                                       "early_kv": early_kv or None,  # None: the product default
                                       "f16_math": f16_math or None,  # None: the product default
