@@ -106,6 +106,8 @@ class BatchDecodeWithPagedKVCache:
     before it in the stream, and those before that which released their dependents early) writes a page-table
     entry or a KV row other than the newest token's. SGLang's KV write before decode attention keeps it: it does
     not release early, so it has finished when this kernel starts, and it writes only the newest token.
+    ``adaptive_release`` (with PDL released at the start; None: on where the early loads are) has a batch-1 launch
+    whose active blocks are fewer than the SMs release the next launch after its main loop instead (experiment 40).
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class BatchDecodeWithPagedKVCache:
         page_prefetch: bool = False,
         tma: bool = False,
         early_kv: bool | None = None,
+        adaptive_release: bool | None = None,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -202,6 +205,16 @@ class BatchDecodeWithPagedKVCache:
                              f"{self.config.pdl}) on the cp.async path (tma={tma})")
         if late_trigger and not self.config.pdl:
             raise ValueError(f"late_trigger: expected False or None unless the launch uses PDL, got pdl={pdl!r}")
+        releases_at_start = self.config.pdl and not self.config.late_trigger
+        if adaptive_release is not None and (not isinstance(adaptive_release, bool) or
+                                             adaptive_release and not releases_at_start):
+            raise ValueError(f"adaptive_release: expected None or a bool, True only with PDL released at the start "
+                             f"(pdl resolved to {self.config.pdl}, late_trigger to {self.config.late_trigger}); got "
+                             f"{adaptive_release!r}")
+        if adaptive_release is None:
+            adaptive_release = releases_at_start and self.config.early_kv
+        self.adaptive_release = adaptive_release
+        self.late_release_below = 0  # set by load(): the SM count where adaptive_release is on
         # with the tuned ring depth, a second module with a shallower ring runs the batches that fill every SM
         self.wide_config = wide_config(self.config, gpu_name) if stages is None else None
         self._module = None
@@ -222,6 +235,7 @@ class BatchDecodeWithPagedKVCache:
         if blocks_per_sm < 1:
             raise KernelUnavailableError(f"{self.config.tag}: no block fits on an SM (shared memory)")
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        self.late_release_below = sms if self.adaptive_release else 0
         self.target_blocks = sms * blocks_per_sm
         self.short_target_blocks = sms * min(blocks_per_sm, SHORT_BLOCKS_PER_SM)
         self._load_wide(sms, blocks_per_sm)
@@ -371,6 +385,7 @@ class BatchDecodeWithPagedKVCache:
             q, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, out, lse,
             self._part_o, self._part_lse, self._counters,
             num_splits, short_splits, MIN_CHUNK_TOKENS, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
+            self.late_release_below,
         )
         return (out, lse) if return_lse else out
 

@@ -102,10 +102,10 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
         lazy_rescale = lazy_rescale_default(kv_fp8, head_dim)
     if pdl is None:
         pdl = pdl_default(kv_fp8, head_dim, gpu_name)
-    if late_trigger is None:
-        late_trigger = pdl and late_trigger_default(kv_fp8, head_dim)
     if early_kv is None:
         early_kv = pdl and not tma and early_kv_default(kv_fp8, head_dim, gpu_name)
+    if late_trigger is None:  # with the early loads, small batch-1 grids release late at run time instead
+        late_trigger = pdl and not early_kv and late_trigger_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
                         prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks,
                         late_trigger, cluster_merge, page_prefetch, tma, early_kv)
@@ -162,7 +162,9 @@ def late_trigger_default(kv_fp8: bool, head_dim: int) -> bool:
     """With PDL, release the next launch after the main loop where that measured faster: 16-bit KV at head_dim 64,
     three blocks per SM (run 13, experiment 23: geomean −3.4 … −3.8 % against the plain launch, 1 × 1K −11 %, no shape
     more than 1.05 % slower). Released at the start, such a module lets the next launch's blocks crowd into the slot
-    its short plan leaves free."""
+    its short plan leaves free. Not with the early loads (``make_config``): there the start release won every shape
+    but the small batch-1 grids (experiment 40, H200: 64 × 512 −15 %, 8 × 2K −4 %, 1 × 16K −5 %), which release
+    late at run time (``BatchDecodeWithPagedKVCache``'s ``adaptive_release``)."""
     return head_dim == 64 and not kv_fp8
 
 

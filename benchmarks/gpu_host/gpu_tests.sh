@@ -2,7 +2,7 @@
 # The GPU test suites in slices that fit a device call, each under a timeout sized to its SGLang Engines
 # (~65 s each; ENGINE_S overrides), logs kept in OUTDIR (one archive at the end: a call's $OUT returns only a limited number of files).
 #   usage: bash benchmarks/gpu_host/gpu_tests.sh OUTDIR SLICE ...      (after `source benchmarks/gpu_host/setup.sh`)
-#   SLICE (its time limit): kernel (190 s) decoder (60 s) fuzz (190 s) engine-page1 (320 s) engine-page16-fp8 (450 s) engine-fp8 (255 s)
+#   SLICE (its time limit): kernel (255 s) decoder (60 s) fuzz (190 s) engine-page1 (320 s) engine-page16-fp8 (450 s) engine-fp8 (255 s)
 #   llama8b (125 s) fa3-knob (255 s) hybrid (450 s) fa3 (450 s: hybrid FA3 prefill, FA3-prefill knob, logprobs vs fa3) fallback-server (385 s) tp2 (320 s, two GPUs). A device call is at most 600 s: pick slices whose
 #   limits fit, or run two jobs at once on a 2-GPU host with GPU=0 / GPU=1 (CUDA_VISIBLE_DEVICES) and separate
 #   OUTDIRs. DRY_RUN=1 prints the commands.
@@ -40,7 +40,7 @@ run_pytest() {  # name, engines, pytest arguments; each slice its own basetemp (
 
 for s in "${slices[@]}"; do
   case $s in
-    kernel) run_pytest kernel 2 -m gpu tests/kernel -k "not fuzz" ;;  # 131 cases since session 15 (124 took 125 s)
+    kernel) run_pytest kernel 3 -m gpu tests/kernel -k "not fuzz" ;;  # ~146 cases since session 16 (124 took 125 s)
     decoder) run_pytest decoder 0 tests/integration/test_gpu_decoder.py ;;
     fuzz) run_slice fuzz 2 "$py" benchmarks/fuzz_decode.py --cases 2000 --deadline-s 150 --out "$out/fuzz.json" ;;
     engine-page1) run_pytest engine-page1 4 tests/integration/test_gpu_engine.py -k "meaningful or page1-graphs or page1-eager" ;;

@@ -108,6 +108,11 @@ struct DecodeParams {
   float score_post;  // cap: cap*log2(e)
   int32_t has_cap;
   float v_scale;
+#if KVP_PDL && !KVP_LATE_TRIGGER
+  // experiment 40: a batch-1 launch with fewer active blocks than this releases the next launch after its main loop
+  // (0: always at the start)
+  int32_t late_release_below;
+#endif
 #if KVP_CLUSTER_MERGE
   int32_t cluster;  // launched with cluster dims (1, 1, num_splits): merge through distributed shared memory
 #endif
@@ -235,9 +240,16 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   uint64_t tr[kTraceStamps] = {globaltimer_after(0), 0, 0, 0, 0, 0};
 #endif
   static_assert(!KVP_EARLY_KV || (KVP_PDL && !KVP_TMA), "early KV loads need PDL and the cp.async path");
+#if KVP_PDL && !KVP_LATE_TRIGGER
+  // a batch-1 launch may release late (below); it learns its active block count from the request's length first
+  const bool may_release_late = gridDim.y == 1 && p.late_release_below > 0;
+#else
+  constexpr bool may_release_late = false;
+#endif
   if constexpr (KVP_PDL) {
     if constexpr (!KVP_LATE_TRIGGER) {
-      griddep_launch_dependents();  // the next launch's blocks may take the slots this grid frees (experiment 20)
+      // the next launch's blocks may take the slots this grid frees (experiment 20)
+      if (!may_release_late) griddep_launch_dependents();
     }
     if constexpr (!KVP_EARLY_KV) {
       pdl_warm_l2<C, TKV>(p, b, split, head, tid, STAGES);
@@ -285,6 +297,15 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   }
   const int chunk = split_chunk(len, p);
   const int n_act = (len + chunk - 1) / chunk;
+#if KVP_PDL && !KVP_LATE_TRIGGER
+  // Experiment 40: a batch-1 grid with fewer active blocks than SMs released at its start lets successor grids pile
+  // up, each releasing its own at its start, and their early loads crowd this one's few blocks; it releases after
+  // its main loop instead (idle blocks count as they exit). Other launches release now, a few reads after the start.
+  const bool release_late = may_release_late && int(gridDim.x) * n_act < p.late_release_below;
+  if (may_release_late && !release_late) griddep_launch_dependents();
+#else
+  constexpr bool release_late = false;
+#endif
   if (split >= n_act) {
     KVP_TRACE_OUT(kTrIdle, n_act, 0);
     return;
@@ -619,7 +640,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   }
   cp_async_wait<0>();
   KVP_STAMP(3, 0);
-  if constexpr (KVP_PDL && KVP_LATE_TRIGGER) {
+  if (KVP_PDL && (KVP_LATE_TRIGGER || release_late)) {
     // experiment 23: the next launch comes in once every block is past its loop (idle blocks count as they exit),
     // when most slots are free at once, so a grid short of the SM's slots does not crowd its successor's blocks
     griddep_launch_dependents();

@@ -13,7 +13,7 @@ def test_dry_run_sizes_limits_by_engines(tmp_path):
     r = run(str(tmp_path), "kernel", "engine-page16-fp8", "tp2", env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("kernel (timeout 190 s)") and "-m gpu tests/kernel" in lines[0]
+    assert lines[0].startswith("kernel (timeout 255 s)") and "-m gpu tests/kernel" in lines[0]
     assert lines[1].startswith("engine-page16-fp8 (timeout 450 s)") and "--basetemp=/tmp/kvp-gpu-tests/engine-page16-fp8" in lines[1]
     assert "test_gpu_tp.py" in lines[2]
 

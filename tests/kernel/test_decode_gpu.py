@@ -341,19 +341,26 @@ def test_many_split_merge_against_reference(hq, hkv, d, kv_fp8):
     assert (lse.double() - ref_lse).abs().max().item() < 1e-3
 
 
-@pytest.mark.parametrize("kv_fp8,d,variant", [(False, 128, {}), (True, 128, dict(two_blocks=True)),
-                                              (False, 64, dict(two_blocks=True)), (True, 128, dict(late_trigger=True)),
-                                              (False, 64, {})])
-def test_pdl_chain_of_launches_sharing_the_workspace(kv_fp8, d, variant):
+_ADAPTIVE = dict(early_kv=True, adaptive_release=True)
+_BATCH4 = [5000, 1, 700, 12000]
+
+
+@pytest.mark.parametrize("kv_fp8,d,variant,lens", [
+    (False, 128, {}, _BATCH4), (True, 128, dict(two_blocks=True), _BATCH4), (False, 64, dict(two_blocks=True), _BATCH4),
+    (True, 128, dict(late_trigger=True), _BATCH4), (False, 64, {}, _BATCH4),
+    # experiment 40: batch-1 grids with fewer active blocks than SMs release after the loop, larger ones at the start
+    (False, 128, _ADAPTIVE, [900]), (True, 128, _ADAPTIVE, [900]), (False, 64, _ADAPTIVE, [300]),
+    (False, 64, _ADAPTIVE, [20000])])
+def test_pdl_chain_of_launches_sharing_the_workspace(kv_fp8, d, variant, lens):
     """With PDL every launch lets the next one in at its start (experiment 20): in a graph of back-to-back launches
     where each q is the previous output, sharing one wrapper's partials and split counters, the result equals the
     chain run without PDL bit for bit (same split plan), so no launch reads a predecessor's output or workspace
     early. Also with two blocks per SM (experiment 21), for the modules that would fit three, and with the release
-    moved after the main loop (experiment 23; head_dim 64's default)."""
+    moved after the main loop (experiment 23), and with the early loads and the adaptive release (experiment 40)."""
     from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
 
     gen = torch.Generator("cuda").manual_seed(20 + d + kv_fp8 + len(variant))
-    inp = make_paged_inputs([5000, 1, 700, 12000], hq=32, hkv=8, d=d, page_size=16, dtype=torch.bfloat16,
+    inp = make_paged_inputs(lens, hq=32, hkv=8, d=d, page_size=16, dtype=torch.bfloat16,
                             kv_fp8=kv_fp8, device="cuda", generator=gen)
     kv = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
     chains = []

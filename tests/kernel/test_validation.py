@@ -41,6 +41,9 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(page_prefetch="yes"), "page_prefetch"),
     (dict(tma=1), "tma"),
     (dict(pdl=False, early_kv=True), "early_kv"),
+    (dict(pdl=False, adaptive_release=True), "adaptive_release"),  # no PDL: nothing to release
+    (dict(pdl=True, late_trigger=True, adaptive_release=True), "adaptive_release"),  # released late anyway
+    (dict(adaptive_release=1), "adaptive_release"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
