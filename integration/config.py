@@ -18,7 +18,9 @@ variable                        default    meaning
                                            ``auto`` takes the kernel layer's per-card
                                            choice (what kernel_bench measures; on an H200
                                            it includes the KV loads before the PDL wait,
-                                           experiment 38), a boolean forces it on / off.
+                                           experiment 38; with them the 8B step still ran
+                                           0.13 % slower, run 18c), a boolean forces it
+                                           on / off.
 ``KVPREFETCH_DISABLE``          ``0``      ``1``: do not use the kvprefetch decode kernel;
                                            SGLang's Triton attention backend serves
                                            instead (logged at start-up).
