@@ -151,10 +151,7 @@ def render_md(doc: Dict[str, Any]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     doc = measure(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    rio.write_json(args.out / f"l2-retention-{doc['gpu']}.json", doc)
-    rio.write_text(args.out / f"l2-retention-{doc['gpu']}.md", render_md(doc))
-    print(f"wrote {args.out}/l2-retention-{doc['gpu']}.json and .md")
+    rio.write_report(args.out, f"l2-retention-{doc['gpu']}", doc, render_md(doc))
     return 0
 
 

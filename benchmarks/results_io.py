@@ -121,6 +121,13 @@ def write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_report(out: Path, stem: str, doc: Dict[str, Any], md: str) -> None:
+    """<out>/<stem>.json (the document) and <out>/<stem>.md (its table), and say so."""
+    write_json(Path(out) / f"{stem}.json", doc)
+    write_text(Path(out) / f"{stem}.md", md)
+    print(f"wrote {out}/{stem}.json and .md")
+
+
 def load_json(path: Path) -> Optional[Dict[str, Any]]:
     path = Path(path)
     if not path.exists():

@@ -276,10 +276,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.dry_run:
         return dry_run(args)
     doc = measure(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    rio.write_json(args.out / f"xlayer-{doc['gpu']}.json", doc)
-    rio.write_text(args.out / f"xlayer-{doc['gpu']}.md", render_md(doc))
-    print(f"wrote {args.out}/xlayer-{doc['gpu']}.json and .md")
+    rio.write_report(args.out, f"xlayer-{doc['gpu']}", doc, render_md(doc))
     return 0
 
 

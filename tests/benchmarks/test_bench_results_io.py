@@ -73,3 +73,10 @@ def test_stamp_has_versions():
     s = rio.stamp({"cuda": "13.0"})
     assert set(s) == {"commit", "dirty", "versions"}
     assert s["versions"]["cuda"] == "13.0" and "torch" in s["versions"] and "flashinfer" in s["versions"]
+
+
+def test_write_report_writes_both_files(tmp_path, capsys):
+    rio.write_report(tmp_path / "r", "x-h200", {"rows": [1]}, "# table\n")
+    assert json.loads((tmp_path / "r" / "x-h200.json").read_text()) == {"rows": [1]}
+    assert (tmp_path / "r" / "x-h200.md").read_text() == "# table\n"
+    assert "x-h200.json and .md" in capsys.readouterr().out
