@@ -83,6 +83,9 @@ def configs(which: str) -> list[DecodeConfig]:
         # session 16 (kernel_bench --variant ..._pdl_lt_ek): the late PDL release with the early loads (experiment 40)
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", late_trigger=True)
                  for fp8, d in ((True, 128), (False, 128), (False, 64))]
+        # session 17's block timelines on the H200 (block_timeline.py: the trace build of each family's default)
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", trace=True)
+                 for fp8, d in ((True, 128), (False, 128), (False, 64))]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
