@@ -334,16 +334,9 @@ class BatchDecodeWithPagedKVCache:
         self._plan = (kv_indptr, kv_indices, kv_last_page_len, batch_size, self.num_splits_for(b),
                       self.short_splits_for(b), module)
 
-    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *, sm_scale: float | None = None,
-            logits_soft_cap: float = 0.0, k_scale: float = 1.0, v_scale: float = 1.0,
-            out: torch.Tensor | None = None, lse: torch.Tensor | None = None, return_lse: bool = False):
-        """Attention of each q row over its request's KV; returns ``out`` (and ``lse``, natural log, if asked)."""
-        if self._plan is None:
-            raise ValueError("run: plan() must be called before run()")
-        kv_indptr, kv_indices, kv_last_page_len, batch, num_splits, short_splits, module = self._plan
-        hq, hkv, d = self.num_qo_heads, self.num_kv_heads, self.head_dim
-        check_tensor("q", q, dtype=self.q_dtype, ndim=3, device=self.device)
-        check_shape("q", q, (batch, hq, d))
+    def _check_pools(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+        """K and V pools in this op's layout, dtype and device, with one shape and strides."""
+        hkv, d = self.num_kv_heads, self.head_dim
         for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
             check_tensor(name, t, dtype=self.kv_dtype, ndim=(3, 4) if self.page_size == 1 else 4, device=self.device)
             if t.dim() == 4 and tuple(t.shape[1:]) != (self.page_size, hkv, d):
@@ -355,6 +348,18 @@ class BatchDecodeWithPagedKVCache:
                 f"v_cache: expected the same shape and strides as k_cache {tuple(k_cache.shape)}/{k_cache.stride()}, "
                 f"got {tuple(v_cache.shape)}/{v_cache.stride()}"
             )
+
+    def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *, sm_scale: float | None = None,
+            logits_soft_cap: float = 0.0, k_scale: float = 1.0, v_scale: float = 1.0,
+            out: torch.Tensor | None = None, lse: torch.Tensor | None = None, return_lse: bool = False):
+        """Attention of each q row over its request's KV; returns ``out`` (and ``lse``, natural log, if asked)."""
+        if self._plan is None:
+            raise ValueError("run: plan() must be called before run()")
+        kv_indptr, kv_indices, kv_last_page_len, batch, num_splits, short_splits, module = self._plan
+        hq, d = self.num_qo_heads, self.head_dim
+        check_tensor("q", q, dtype=self.q_dtype, ndim=3, device=self.device)
+        check_shape("q", q, (batch, hq, d))
+        self._check_pools(k_cache, v_cache)
         if out is None:
             out = torch.empty_like(q)
         else:
@@ -400,12 +405,7 @@ class BatchDecodeWithPagedKVCache:
         ``set_persisting_l2`` set an L2 set-aside)."""
         if self._plan is None:
             raise ValueError("prefetch_l2: plan() must be called before prefetch_l2()")
-        if k_cache.shape[1:] != ((self.page_size, self.num_kv_heads, self.head_dim) if k_cache.dim() == 4
-                                 else (self.num_kv_heads, self.head_dim)) or self.page_size > 1 and k_cache.dim() != 4:
-            raise ValueError(f"k_cache: expected shape [num_pages, {self.page_size}, {self.num_kv_heads}, "
-                             f"{self.head_dim}] (or [num_slots, {self.num_kv_heads}, {self.head_dim}] with page 1), got "
-                             f"{tuple(k_cache.shape)}")
-        check_tensor("k_cache", k_cache, dtype=self.kv_dtype, device=self.device)
+        self._check_pools(k_cache, v_cache)
         kv_indptr, kv_indices, _, batch = self._plan[:4]
         l2_prefetch.launch(self._module, k_cache, v_cache, kv_indptr, kv_indices, batch, self.page_size, max_bytes,
                            evict_last, blocks)
