@@ -1,7 +1,8 @@
 // Cross-layer L2 prefetch (experiment 39): bring one layer's KV pages, named by the decode page table, into L2 while
 // the kernels between two attention launches (o_proj, MLP, the next layer's QKV) stream their weights. Each thread
-// issues fire-and-forget bulk prefetches (the copy engine moves the bytes; no SM waits for them), optionally tagged
-// evict_last so that, with an L2 set-aside for persisting lines, the weight stream cannot push them out.
+// issues bulk prefetches (the copy engine moves the bytes), optionally tagged evict_last for an L2 set-aside. On the
+// H200 the grid did not complete before the bytes had moved (36 us per 32 MiB) and L2 kept almost none of them
+// through the weight stream (NOTES.md, experiment 39).
 #pragma once
 #include <stdint.h>
 
@@ -20,21 +21,6 @@ struct L2PrefetchParams {
   int32_t max_pages;          // pages prefetched per request, from its first (the byte budget's share)
   int32_t evict_last;         // tag the lines evict_last (persisting) instead of the default policy
 };
-
-__device__ __forceinline__ void prefetch_l2_bulk_policy(const void* gmem, uint32_t bytes, uint64_t policy) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;\n" ::"l"(gmem), "r"(bytes), "l"(policy)
-               : "memory");
-#endif
-}
-
-__device__ __forceinline__ uint64_t evict_last_policy() {
-  uint64_t policy = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
-#endif
-  return policy;
-}
 
 // grid (x: blocks per request, y: request); every thread takes every (gridDim.x * blockDim.x)-th page of its request.
 __global__ void l2_prefetch_kernel(const L2PrefetchParams p) {

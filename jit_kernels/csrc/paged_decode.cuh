@@ -298,9 +298,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   const int chunk = split_chunk(len, p);
   const int n_act = (len + chunk - 1) / chunk;
 #if KVP_PDL && !KVP_LATE_TRIGGER
-  // Experiment 40: a batch-1 grid with fewer active blocks than SMs released at its start lets successor grids pile
-  // up, each releasing its own at its start, and their early loads crowd this one's few blocks; it releases after
-  // its main loop instead (idle blocks count as they exit). Other launches release now, a few reads after the start.
+  // Experiment 40: a batch-1 grid with few active blocks (under the host's bound) released at its start lets
+  // successor grids pile up, each releasing its own at its start, and their early loads crowd this one's few blocks;
+  // it releases after its main loop instead (idle blocks count as they exit). Other launches release now, a few
+  // reads after the start.
   const bool release_late = may_release_late && int(gridDim.x) * n_act < p.late_release_below;
   if (may_release_late && !release_late) griddep_launch_dependents();
 #else

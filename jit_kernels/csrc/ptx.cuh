@@ -37,6 +37,23 @@ __device__ __forceinline__ void prefetch_l2_bulk(const void* gmem, uint32_t byte
 #endif
 }
 
+// ... with an L2 cache policy (createpolicy), e.g. evict_last_policy()
+__device__ __forceinline__ void prefetch_l2_bulk_policy(const void* gmem, uint32_t bytes, uint64_t policy) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;\n" ::"l"(gmem), "r"(bytes), "l"(policy)
+               : "memory");
+#endif
+}
+
+// A policy that tags every access it is given evict_last (persisting where an L2 set-aside exists).
+__device__ __forceinline__ uint64_t evict_last_policy() {
+  uint64_t policy = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+#endif
+  return policy;
+}
+
 // Programmatic dependent launch: block until the previous kernel in the stream has completed and its writes are
 // visible (a no-op when this grid was launched without the PDL attribute; sm_90+, compiled out below).
 __device__ __forceinline__ void griddep_wait() {
