@@ -113,6 +113,9 @@ struct DecodeParams {
   // (0: always at the start)
   int32_t late_release_below;
 #endif
+#if KVP_EARLY_KV
+  int32_t wait_prefetch;  // experiment 43: tiles after the ring requested into L2 before griddepcontrol.wait (<= 8)
+#endif
 #if KVP_CLUSTER_MERGE
   int32_t cluster;  // launched with cluster dims (1, 1, num_splits): merge through distributed shared memory
 #endif
@@ -439,8 +442,30 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
     load_tile(j, true);
     cp_async_commit();
   }
-  if constexpr (KVP_EARLY_KV) {  // now the previous kernel's writes are visible: q, and the newest token's rows
-    griddep_wait();
+  if constexpr (KVP_EARLY_KV) {
+#if KVP_EARLY_KV
+    // Experiment 43: while the kernel before this one finishes, the split's next tiles after the ring are requested
+    // into L2 (the paper's prefetch, in the one window where this block has nothing else to do), so the loop after
+    // the wait finds them there. A prefetch changes no memory: the newest token's rows may be among them.
+    constexpr int kMaxWaitPrefetch = 8;
+    if (tid < C::kTile && p.wait_prefetch > 0) {
+      int pids[kMaxWaitPrefetch];
+#pragma unroll
+      for (int j = 0; j < kMaxWaitPrefetch; ++j) pids[j] = j < p.wait_prefetch ? load_pid(STAGES - 1 + j) : 0;
+#pragma unroll
+      for (int j = 0; j < kMaxWaitPrefetch; ++j) {
+        const int64_t off = j < p.wait_prefetch ? row_offset(tok_beg + (STAGES - 1 + j) * C::kTile + tid, pids[j])
+                                                : int64_t(-1);
+        if (off < 0) continue;
+#pragma unroll
+        for (int line = 0; line < (C::kRowBytesKV + 127) / 128; ++line) {
+          prefetch_l2_line(reinterpret_cast<const uint8_t*>(kbase + off) + line * 128);
+          prefetch_l2_line(reinterpret_cast<const uint8_t*>(vbase + off) + line * 128);
+        }
+      }
+    }
+#endif
+    griddep_wait();  // now the previous kernel's writes are visible: q, and the newest token's rows
     load_q();
     const int rel = len - 1 - tok_beg;
     if (len - 1 < tok_end && rel < (STAGES - 1) * C::kTile && tid < C::kChunksKV) {
