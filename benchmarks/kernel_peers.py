@@ -178,7 +178,7 @@ class KvPrefetch(Kernel):
     tma = False
     early_kv: Optional[bool] = None  # None: the product default (with PDL on an H200's three families)
     adaptive_release: Optional[bool] = None  # None: the product default (small batch-1 grids release late)
-    wait_prefetch: Optional[int] = None  # None: the product default (experiment 43)
+    pid_ahead = False
     grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
@@ -190,7 +190,7 @@ class KvPrefetch(Kernel):
         key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance,
                self.stages, self.pdl, self.fp8_q, self.f16_math, self.lazy_rescale, self.splits, self.grid,
                self.two_blocks, self.late_trigger, self.cluster_merge, self.page_prefetch,
-               self.tma, self.early_kv, self.adaptive_release, self.wait_prefetch)
+               self.tma, self.early_kv, self.adaptive_release, self.pid_ahead)
         w = cache.wrappers.get(key)
         if w is None:
             cls = BatchDecodeWithPagedKVCache
@@ -201,7 +201,7 @@ class KvPrefetch(Kernel):
                     fp8_q=self.fp8_q, f16_math=self.f16_math, lazy_rescale=self.lazy_rescale,
                     two_blocks=self.two_blocks, late_trigger=self.late_trigger, cluster_merge=self.cluster_merge,
                     page_prefetch=self.page_prefetch, tma=self.tma, early_kv=self.early_kv,
-                    adaptive_release=self.adaptive_release, wait_prefetch=self.wait_prefetch)
+                    adaptive_release=self.adaptive_release, pid_ahead=self.pid_ahead)
             w.load()
             cache.wrappers[key] = w
         self.w, self.prob = w, prob
@@ -235,24 +235,23 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
             splits: Optional[int] = None, f16_math: bool = False, lazy_rescale: bool = False,
             grid: Optional[int] = None, two_blocks: bool = False, late_trigger: Optional[bool] = None,
             cluster_merge: bool = False, page_prefetch: bool = False, tma: bool = False,
-            early_kv: bool = False, adaptive_release: Optional[bool] = None,
-            wait_prefetch: Optional[int] = None) -> type:
+            early_kv: bool = False, adaptive_release: Optional[bool] = None, pid_ahead: bool = False) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
     fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), at most two blocks per SM
     (``kvprefetch_b2``), PDL released after the main loop or at the start (``kvprefetch_pdl_lt`` / ``_et``), the cluster merge
     (``kvprefetch_cm``), whole-token-row L2 prefetch (``kvprefetch_pp``), TMA tile loads (``kvprefetch_tma``), KV loads before the PDL
-    wait (``kvprefetch_pdl_ek``), no late release for small batch-1 grids (``kvprefetch_nar``), n tiles prefetched
-    into L2 before the PDL wait (``kvprefetch_wp<n>``), a fixed split count
+    wait (``kvprefetch_pdl_ek``), no late release for small batch-1 grids (``kvprefetch_nar``), page ids four loop
+    iterations ahead (``kvprefetch_pa``), a fixed split count
     (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's default."""
     name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid, two_blocks, late_trigger,
-                        cluster_merge, page_prefetch, tma, early_kv, adaptive_release, wait_prefetch)
+                        cluster_merge, page_prefetch, tma, early_kv, adaptive_release, pid_ahead)
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
                                       "grid": grid if splits else None, "two_blocks": two_blocks,
                                       "late_trigger": late_trigger, "cluster_merge": cluster_merge,
                                       "page_prefetch": page_prefetch, "tma": tma,
                                       "early_kv": early_kv or None,  # None: the product default
-                                      "adaptive_release": adaptive_release, "wait_prefetch": wait_prefetch,
+                                      "adaptive_release": adaptive_release, "pid_ahead": pid_ahead,
                                       "f16_math": f16_math or None,  # None: the product default
                                       "lazy_rescale": lazy_rescale or None})
 

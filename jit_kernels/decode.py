@@ -19,7 +19,6 @@ _FP8 = torch.float8_e4m3fn
 HEAD_DIMS = (64, 128, 256)
 MAX_GROUP = 16  # q heads per kv head: the 16 rows of one m16n8k16 tile
 MAX_SPLITS = 256  # the kernel's merge keeps MAX_SPLITS x 16 weights in shared memory
-MAX_WAIT_PREFETCH = 8  # the kernel's kMaxWaitPrefetch
 MIN_CHUNK_TOKENS = 128  # two 64-token tiles: all four warps busy, and few partials to merge
 # Blocks per SM the split count of short requests is planned for (the kernel's split_chunk): modules that fit three
 # (fp8, head_dim 64) ran the 25-us class 8-15 % faster with the splits of two (NOTES.md, runs 7 and 8).
@@ -109,9 +108,8 @@ class BatchDecodeWithPagedKVCache:
     not release early, so it has finished when this kernel starts, and it writes only the newest token.
     ``adaptive_release`` (with PDL released at the start; None: on where the early loads are) has a batch-1 launch
     whose active blocks are fewer than half the SMs release the next launch after its main loop instead (experiments
-    40, 41).
-    ``wait_prefetch`` (with the early loads; None: 0) has each block request into L2 its split's next
-    ``wait_prefetch`` tiles after the ring (at most 8) before it waits for the kernel before it (experiment 43).
+    40, 41). ``pid_ahead=True`` loads the main loop's page ids four iterations before their rows are needed instead of
+    one (experiment 44).
     """
 
     def __init__(
@@ -138,7 +136,7 @@ class BatchDecodeWithPagedKVCache:
         tma: bool = False,
         early_kv: bool | None = None,
         adaptive_release: bool | None = None,
-        wait_prefetch: int | None = None,
+        pid_ahead: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -183,7 +181,7 @@ class BatchDecodeWithPagedKVCache:
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
-                           ("page_prefetch", page_prefetch), ("tma", tma)):
+                           ("page_prefetch", page_prefetch), ("tma", tma), ("pid_ahead", pid_ahead)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
         if early_kv is not None and not isinstance(early_kv, bool):
@@ -204,7 +202,7 @@ class BatchDecodeWithPagedKVCache:
         gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
-                                  cluster_merge, page_prefetch, tma, early_kv)
+                                  cluster_merge, page_prefetch, tma, early_kv, pid_ahead)
         if early_kv and (not self.config.pdl or tma):
             raise ValueError(f"early_kv: expected False unless the launch uses PDL (pdl resolved to "
                              f"{self.config.pdl}) on the cp.async path (tma={tma})")
@@ -219,12 +217,6 @@ class BatchDecodeWithPagedKVCache:
         if adaptive_release is None:
             adaptive_release = releases_at_start and self.config.early_kv
         self.adaptive_release = adaptive_release
-        if wait_prefetch is not None and (isinstance(wait_prefetch, bool) or not isinstance(wait_prefetch, int)
-                                          or not 0 <= wait_prefetch <= MAX_WAIT_PREFETCH
-                                          or wait_prefetch and not self.config.early_kv):
-            raise ValueError(f"wait_prefetch: expected None or an int 0..{MAX_WAIT_PREFETCH}, > 0 only with the early "
-                             f"loads (early_kv resolved to {self.config.early_kv}); got {wait_prefetch!r}")
-        self.wait_prefetch = wait_prefetch or 0
         self.late_release_below = 0  # set by load(): half the SM count where adaptive_release is on
         # with the tuned ring depth, a second module with a shallower ring runs the batches that fill every SM
         self.wide_config = wide_config(self.config, gpu_name) if stages is None else None
@@ -402,7 +394,7 @@ class BatchDecodeWithPagedKVCache:
             q, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, out, lse,
             self._part_o, self._part_lse, self._counters,
             num_splits, short_splits, MIN_CHUNK_TOKENS, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
-            self.late_release_below, self.wait_prefetch,
+            self.late_release_below,
         )
         return (out, lse) if return_lse else out
 

@@ -45,6 +45,9 @@
 #else
 #define KVP_PARAMS_QUAL
 #endif
+#ifndef KVP_PID_AHEAD
+#define KVP_PID_AHEAD 1  // iterations between a page id's load and its use in the main loop (experiment 44)
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -112,9 +115,6 @@ struct DecodeParams {
   // experiment 40: a batch-1 launch with fewer active blocks than this releases the next launch after its main loop
   // (0: always at the start)
   int32_t late_release_below;
-#endif
-#if KVP_EARLY_KV
-  int32_t wait_prefetch;  // experiment 43: tiles after the ring requested into L2 before griddepcontrol.wait (<= 8)
 #endif
 #if KVP_CLUSTER_MERGE
   int32_t cluster;  // launched with cluster dims (1, 1, num_splits): merge through distributed shared memory
@@ -425,14 +425,18 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
     fence_barrier_init();
   }
 #endif
-  int pending = 0;
+  // page ids of the tiles after the ring's, loaded KVP_PID_AHEAD iterations before their rows are needed: each
+  // iteration stalls on the oldest until it arrives, so one iteration of lookahead paces the loop at one L2 round
+  // trip per tile
+  int pending[KVP_PID_AHEAD] = {};
   if (tid < C::kTile) {
     int pids[C::kLookahead + 1];
 #pragma unroll
     for (int j = 0; j <= C::kLookahead; ++j) pids[j] = load_pid(j);
 #pragma unroll
+    for (int k = 0; k < KVP_PID_AHEAD; ++k) pending[k] = load_pid(C::kLookahead + 1 + k);
+#pragma unroll
     for (int j = 0; j <= C::kLookahead; ++j) store_rows(j, pids[j]);
-    pending = load_pid(C::kLookahead + 1);
   }
   __syncthreads();
 #pragma unroll
@@ -442,30 +446,8 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
     load_tile(j, true);
     cp_async_commit();
   }
-  if constexpr (KVP_EARLY_KV) {
-#if KVP_EARLY_KV
-    // Experiment 43: while the kernel before this one finishes, the split's next tiles after the ring are requested
-    // into L2 (the paper's prefetch, in the one window where this block has nothing else to do), so the loop after
-    // the wait finds them there. A prefetch changes no memory: the newest token's rows may be among them.
-    constexpr int kMaxWaitPrefetch = 8;
-    if (tid < C::kTile && p.wait_prefetch > 0) {
-      int pids[kMaxWaitPrefetch];
-#pragma unroll
-      for (int j = 0; j < kMaxWaitPrefetch; ++j) pids[j] = j < p.wait_prefetch ? load_pid(STAGES - 1 + j) : 0;
-#pragma unroll
-      for (int j = 0; j < kMaxWaitPrefetch; ++j) {
-        const int64_t off = j < p.wait_prefetch ? row_offset(tok_beg + (STAGES - 1 + j) * C::kTile + tid, pids[j])
-                                                : int64_t(-1);
-        if (off < 0) continue;
-#pragma unroll
-        for (int line = 0; line < (C::kRowBytesKV + 127) / 128; ++line) {
-          prefetch_l2_line(reinterpret_cast<const uint8_t*>(kbase + off) + line * 128);
-          prefetch_l2_line(reinterpret_cast<const uint8_t*>(vbase + off) + line * 128);
-        }
-      }
-    }
-#endif
-    griddep_wait();  // now the previous kernel's writes are visible: q, and the newest token's rows
+  if constexpr (KVP_EARLY_KV) {  // now the previous kernel's writes are visible: q, and the newest token's rows
+    griddep_wait();
     load_q();
     const int rel = len - 1 - tok_beg;
     if (len - 1 < tok_end && rel < (STAGES - 1) * C::kTile && tid < C::kChunksKV) {
@@ -533,8 +515,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
     load_tile(t + STAGES - 1);
     cp_async_commit();
     if (tid < C::kTile) {
-      store_rows(t + C::kLookahead + 1, pending);
-      pending = load_pid(t + C::kLookahead + 2);
+      store_rows(t + C::kLookahead + 1, pending[0]);
+#pragma unroll
+      for (int k = 0; k + 1 < KVP_PID_AHEAD; ++k) pending[k] = pending[k + 1];
+      pending[KVP_PID_AHEAD - 1] = load_pid(t + C::kLookahead + 1 + KVP_PID_AHEAD);
     }
     const int stage = t % STAGES;
     const uint8_t* ks = smem + C::kOffK + stage * C::kStageBytes;

@@ -154,7 +154,7 @@ int64_t blocks_per_sm() {
 void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView indices, TensorView last_len,
          TensorView o, Optional<TensorView> lse, TensorView part_o, TensorView part_lse, TensorView counters,
          int64_t num_splits, int64_t short_splits, int64_t min_chunk, int64_t page_shift, double score_pre, double score_post, int64_t has_cap,
-         double v_scale, int64_t late_release_below, int64_t wait_prefetch) {
+         double v_scale, int64_t late_release_below) {
   const int64_t batch = q.size(0);
   if (batch == 0) return;
   const bool paged4 = k.ndim() == 4;
@@ -194,11 +194,6 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   p.late_release_below = static_cast<int32_t>(late_release_below);
 #else
   (void)late_release_below;
-#endif
-#if KVP_EARLY_KV
-  p.wait_prefetch = static_cast<int32_t>(std::min<int64_t>(std::max<int64_t>(wait_prefetch, 0), 8));
-#else
-  (void)wait_prefetch;
 #endif
 #if KVP_TMA
   p.tma = encode_kv_map(&p.tma_k, k) && encode_kv_map(&p.tma_v, v);

@@ -467,29 +467,26 @@ def test_tma_variant_against_reference(kv_fp8, d, page, splits):
 
 @pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
 @pytest.mark.parametrize("splits", [None, 8])
+def test_pid_ahead_variant_against_reference(kv_fp8, d, page, splits):
+    """pid_ahead=True (experiment 44): the main loop's page ids load four iterations ahead; every unowned pool slot
+    holds NaN, so a page id used for the wrong tile shows."""
+    _merge_variant_against_reference(kv_fp8, d, page, splits, dict(pid_ahead=True), replays=2, poison_pool=True)
+
+
+@pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
+@pytest.mark.parametrize("splits", [None, 8])
 def test_early_kv_variant_against_reference(kv_fp8, d, page, splits):
     """early_kv=True (experiment 38): the first tiles load before the PDL wait except each request's newest token.
     The newest rows hold NaN until a copy launched just before the kernel writes them (SGLang's KV write), eagerly
     and inside a replayed graph: the output must be the reference's, built from the written rows."""
-    _early_kv_case(kv_fp8, d, page, splits, dict(pdl=True, early_kv=True))
-
-
-@pytest.mark.parametrize("kv_fp8,d,page", [(True, 128, 16), (False, 64, 16), (False, 128, 16), (False, 64, 1)])
-def test_wait_prefetch_variant_against_reference(kv_fp8, d, page):
-    """wait_prefetch=8 (experiment 43): the tiles after the ring are prefetched into L2 before the PDL wait, the
-    newest rows among them; the same checks as the early loads'."""
-    _early_kv_case(kv_fp8, d, page, None, dict(pdl=True, early_kv=True, wait_prefetch=8))
-
-
-def _early_kv_case(kv_fp8, d, page, splits, opts):
     from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache, paged_decode_reference
 
     from kernel_peers import _fixed_splits
 
-    _merge_variant_against_reference(kv_fp8, d, page, splits, opts, replays=2)
+    _merge_variant_against_reference(kv_fp8, d, page, splits, dict(pdl=True, early_kv=True), replays=2)
     cls = _fixed_splits(BatchDecodeWithPagedKVCache, splits) if splits else BatchDecodeWithPagedKVCache
     kv = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
-    w = cls(32, 8, d, page, torch.bfloat16, kv, "cuda", **opts).load()
+    w = cls(32, 8, d, page, torch.bfloat16, kv, "cuda", pdl=True, early_kv=True).load()
     lens = [1, 77, 1000, 5000, 3 * page + 1, 20000]
     gen = torch.Generator("cuda").manual_seed(38 + d + page + (splits or 0))
     inp = make_paged_inputs(lens, hq=32, hkv=8, d=d, page_size=page, dtype=torch.bfloat16, kv_fp8=kv_fp8,

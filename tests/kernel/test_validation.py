@@ -44,9 +44,7 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(pdl=False, adaptive_release=True), "adaptive_release"),  # no PDL: nothing to release
     (dict(pdl=True, late_trigger=True, adaptive_release=True), "adaptive_release"),  # released late anyway
     (dict(adaptive_release=1), "adaptive_release"),
-    (dict(pdl=False, wait_prefetch=2), "wait_prefetch"),  # no early loads: no wait to prefetch in
-    (dict(pdl=True, early_kv=True, wait_prefetch=9), "wait_prefetch"),
-    (dict(pdl=True, early_kv=True, wait_prefetch=True), "wait_prefetch"),
+    (dict(pid_ahead=4), "pid_ahead"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
