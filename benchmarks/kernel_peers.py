@@ -178,7 +178,7 @@ class KvPrefetch(Kernel):
     tma = False
     early_kv: Optional[bool] = None  # None: the product default (with PDL on an H200's three families)
     adaptive_release: Optional[bool] = None  # None: the product default (small batch-1 grids release late)
-    pid_ahead = False
+    pid_ahead: Optional[bool] = None  # None: the product default (four iterations ahead on an H200's three families)
     grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
@@ -235,14 +235,15 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
             splits: Optional[int] = None, f16_math: bool = False, lazy_rescale: bool = False,
             grid: Optional[int] = None, two_blocks: bool = False, late_trigger: Optional[bool] = None,
             cluster_merge: bool = False, page_prefetch: bool = False, tma: bool = False,
-            early_kv: bool = False, adaptive_release: Optional[bool] = None, pid_ahead: bool = False) -> type:
+            early_kv: bool = False, adaptive_release: Optional[bool] = None,
+            pid_ahead: Optional[bool] = None) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
     fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), at most two blocks per SM
     (``kvprefetch_b2``), PDL released after the main loop or at the start (``kvprefetch_pdl_lt`` / ``_et``), the cluster merge
     (``kvprefetch_cm``), whole-token-row L2 prefetch (``kvprefetch_pp``), TMA tile loads (``kvprefetch_tma``), KV loads before the PDL
     wait (``kvprefetch_pdl_ek``), no late release for small batch-1 grids (``kvprefetch_nar``), page ids four loop
-    iterations ahead (``kvprefetch_pa``), a fixed split count
+    iterations ahead or one (``kvprefetch_pa`` / ``kvprefetch_npa``), a fixed split count
     (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's default."""
     name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid, two_blocks, late_trigger,
                         cluster_merge, page_prefetch, tma, early_kv, adaptive_release, pid_ahead)

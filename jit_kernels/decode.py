@@ -108,8 +108,8 @@ class BatchDecodeWithPagedKVCache:
     not release early, so it has finished when this kernel starts, and it writes only the newest token.
     ``adaptive_release`` (with PDL released at the start; None: on where the early loads are) has a batch-1 launch
     whose active blocks are fewer than half the SMs release the next launch after its main loop instead (experiments
-    40, 41). ``pid_ahead=True`` loads the main loop's page ids four iterations before their rows are needed instead of
-    one (experiment 44).
+    40, 41). ``pid_ahead`` (None: ``pid_ahead_default``, on an H200's three measured families) loads the main loop's page ids
+    four iterations before their rows are needed instead of one (experiment 44).
     """
 
     def __init__(
@@ -136,7 +136,7 @@ class BatchDecodeWithPagedKVCache:
         tma: bool = False,
         early_kv: bool | None = None,
         adaptive_release: bool | None = None,
-        pid_ahead: bool = False,
+        pid_ahead: bool | None = None,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -181,9 +181,11 @@ class BatchDecodeWithPagedKVCache:
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
-                           ("page_prefetch", page_prefetch), ("tma", tma), ("pid_ahead", pid_ahead)):
+                           ("page_prefetch", page_prefetch), ("tma", tma)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
+        if pid_ahead is not None and not isinstance(pid_ahead, bool):
+            raise ValueError(f"pid_ahead: expected a bool or None, got {pid_ahead!r}")
         if early_kv is not None and not isinstance(early_kv, bool):
             raise ValueError(f"early_kv: expected a bool or None, got {early_kv!r}")
         if late_trigger is not None and not isinstance(late_trigger, bool):

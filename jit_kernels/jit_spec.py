@@ -54,7 +54,7 @@ class DecodeConfig:
     page_prefetch: bool = False  # each kv head's block prefetches whole token rows of its share of a tile (exp. 34)
     tma: bool = False  # K/V tiles by TMA where the pool allows it (128-byte rows, page >= 16; experiment 37)
     early_kv: bool = False  # with pdl: the first tiles load before griddepcontrol.wait, but the newest token (exp. 38)
-    pid_ahead: bool = False  # page ids loaded four main-loop iterations ahead instead of one (experiment 44)
+    pid_ahead: bool = False  # the main loop's page ids load four iterations ahead instead of one (experiment 44)
 
     def defines(self) -> list[str]:
         return [
@@ -83,7 +83,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                 f16_math: bool | None = None, lazy_rescale: bool | None = None, trace: bool = False,
                 two_blocks: bool = False, late_trigger: bool | None = None, gpu_name: str = "",
                 cluster_merge: bool = False, page_prefetch: bool = False,
-                tma: bool = False, early_kv: bool | None = None, pid_ahead: bool = False) -> DecodeConfig:
+                tma: bool = False, early_kv: bool | None = None, pid_ahead: bool | None = None) -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (None:
     ``f16_math_default``); ``lazy_rescale`` skips the output rescale while no row max grows by more than 2^8 (None:
@@ -96,7 +96,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     ``tma`` loads
     the K/V tiles with TMA boxes where the pool's rows are 128 bytes and pages hold 16 tokens or more; ``early_kv``
     (with ``pdl``; None: ``early_kv_default``) loads the ring's first tiles, all but each request's newest token,
-    before the PDL wait; ``pid_ahead`` loads the main loop's page ids four iterations ahead instead of one.
+    before the PDL wait; ``pid_ahead`` (None: ``pid_ahead_default``) loads the main loop's page ids four iterations
+    ahead instead of one.
     ``gpu_name`` (``torch.cuda.get_device_name``) picks the defaults measured on that card; "" means the H100's."""
     if f16_math is None:
         f16_math = f16_math_default(q_dtype, kv_fp8, head_dim, fp8_q)
@@ -106,6 +107,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
         pdl = pdl_default(kv_fp8, head_dim, gpu_name)
     if early_kv is None:
         early_kv = pdl and not tma and early_kv_default(kv_fp8, head_dim, gpu_name)
+    if pid_ahead is None:
+        pid_ahead = pid_ahead_default(kv_fp8, head_dim, gpu_name)
     if late_trigger is None:  # with the early loads, small batch-1 grids release late at run time instead
         late_trigger = pdl and not early_kv and late_trigger_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
@@ -121,11 +124,13 @@ def wide_config(cfg: DecodeConfig, gpu_name: str = "") -> DecodeConfig | None:
     """The module the op runs where the batch fills every SM (``BatchDecodeWithPagedKVCache.uses_wide``): ``cfg``
     with the shallower ring, for the table's own ring depth of fp8 KV at head_dim 128 and 16-bit KV at head_dim 64,
     on an H200 (experiments 27, 28: −8 … −31 % at batch ≥ 25, +6 … +10 % at 32 × 512; the H100 is unmeasured).
-    None elsewhere, and for the experiments that size the launch themselves (``two_blocks``, ``trace``)."""
+    None elsewhere, and for the experiments that size the launch themselves (``two_blocks``, ``trace``). The twin
+    loads its page ids one iteration ahead: with four blocks per SM the chain ``pid_ahead`` shortens is hidden, and
+    the longer lookahead measured +0.4 … +2.4 % on its shapes (experiment 44)."""
     key = (cfg.head_dim, cfg.kv_fp8)
     if key not in WIDE_STAGES or cfg.stages != STAGES[key] or cfg.two_blocks or cfg.trace or "H200" not in gpu_name:
         return None
-    return dataclasses.replace(cfg, stages=WIDE_STAGES[key])
+    return dataclasses.replace(cfg, stages=WIDE_STAGES[key], pid_ahead=False)
 
 
 def pdl_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
@@ -150,6 +155,14 @@ def early_kv_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
     64, +2 … +3 % on bf16's roofline shapes (≥ 8 × 16K). The H100 is unmeasured. Needs PDL (``pdl_default`` turns it
     on with it); SGLang's backend launches without PDL unless KVPREFETCH_PDL asks for it."""
     return "H200" in gpu_name and (head_dim, kv_fp8) in ((128, True), (64, False), (128, False))
+
+
+def pid_ahead_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
+    """On an H200 for the three families measured (experiment 44, with the early loads): a block's loop no longer
+    waits one page-table round trip per tile. head_dim 64 −10 … −14 % at the latency class (16 × 1K 15.4 → 13.3 µs),
+    fp8 −3 … −7 % there, bf16 head_dim 128 −2 … −3 % on its long shapes; batch 1 ≤ 4K unchanged. The H100 is
+    unmeasured; the shallow-ring twin keeps one iteration (``wide_config``)."""
+    return early_kv_default(kv_fp8, head_dim, gpu_name)
 
 
 def f16_math_default(q_dtype: str, kv_fp8: bool, head_dim: int, fp8_q: bool = False) -> bool:

@@ -86,11 +86,11 @@ def configs(which: str) -> list[DecodeConfig]:
         # session 17's block timelines on the H200 (block_timeline.py: the trace build of each family's default)
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", trace=True)
                  for fp8, d in ((True, 128), (False, 128), (False, 64))]
-        # experiment 44 (kernel_bench --variant kvprefetch_pa, block_timeline --pid-ahead, its GPU test): page ids
-        # four iterations ahead, on each H200 default the GPU test runs, and the trace builds
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pid_ahead=True, trace=t)
-                 for fp8, d in ((True, 128), (False, 128), (False, 64), (True, 64), (False, 256)) for t in (False, True)
-                 if not t or d != 256 and (fp8, d) != (True, 64)]
+        # experiment 44 (kernel_bench --variant kvprefetch_npa and the GPU test of pid_ahead): the H200 defaults with
+        # one iteration of page-id lookahead, with and without PDL, and the two tested families without the default
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pid_ahead=False, pdl=p)
+                 for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False)]
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pid_ahead=True) for fp8, d in ((True, 64), (False, 256))]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module

@@ -38,13 +38,13 @@ def sample():
 def test_kernel_names_and_variants():
     assert kg.parse_variant("kvprefetch") == {} and kg.parse_variant("kvprefetch_d0") == {}
     assert kg.parse_variant("kvprefetch_s6_pdl") == {"stages": 6, "pdl": True, "fp8_q": False, "f16_math": False, "lazy_rescale": False,
-                                                     "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": False, "splits": None,
+                                                     "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "splits": None,
                                                      "grid": None}
     assert kg.parse_variant("kvprefetch_q8_x2") == {"stages": None, "pdl": None, "fp8_q": True, "f16_math": False, "lazy_rescale": False,
-                                                    "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": False, "splits": 2,
+                                                    "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "splits": 2,
                                                     "grid": None}
     assert kg.parse_variant("kvprefetch_h16") == {"stages": None, "pdl": None, "fp8_q": False, "f16_math": True, "lazy_rescale": False,
-                                                  "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": False, "splits": None,
+                                                  "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "splits": None,
                                                   "grid": None}
     assert kg.variant_name(f16_math=True) == "kvprefetch_h16"
     assert kg.variant_name(pdl=False) == "kvprefetch_nopdl" and kg.parse_variant("kvprefetch_nopdl")["pdl"] is False
@@ -61,6 +61,7 @@ def test_kernel_names_and_variants():
     assert kg.parse_variant("kvprefetch_nar")["adaptive_release"] is False
     assert kg.variant_name(pid_ahead=True, splits=2) == "kvprefetch_pa_x2"
     assert kg.parse_variant("kvprefetch_pa_x2") == {**kg.parse_variant("kvprefetch_x2"), "pid_ahead": True}
+    assert kg.variant_name(pid_ahead=False) == "kvprefetch_npa" and kg.parse_variant("kvprefetch_npa")["pid_ahead"] is False
     assert kg.variant_name(cluster_merge=True, splits=8) == "kvprefetch_cm_x8"
     assert kg.parse_variant("kvprefetch_cm_x8") == {**kg.parse_variant("kvprefetch_x8"), "cluster_merge": True}
     assert kg.variant_name(page_prefetch=True) == "kvprefetch_pp"

@@ -45,6 +45,7 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(pdl=True, late_trigger=True, adaptive_release=True), "adaptive_release"),  # released late anyway
     (dict(adaptive_release=1), "adaptive_release"),
     (dict(pid_ahead=4), "pid_ahead"),
+    (dict(pid_ahead="yes"), "pid_ahead"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
@@ -194,7 +195,8 @@ def test_prebuild_sets_name_each_module_once():
 
 def test_wide_module_only_for_the_three_blocks_families_on_an_h200():
     """Experiment 28: fp8 KV at head_dim 128 and 16-bit KV at head_dim 64 get a 3-deep second module on an H200,
-    with every other flag of the default; nothing for other families, other cards, or explicit ring depths."""
+    with every other flag of the default but the page-id lookahead (experiment 44); nothing for other families, other
+    cards, or explicit ring depths."""
     from kvprefetch.jit_kernels.jit_spec import make_config, wide_config
     from kvprefetch.jit_kernels.prebuild import configs
 
@@ -202,7 +204,8 @@ def test_wide_module_only_for_the_three_blocks_families_on_an_h200():
     for q, fp8, d in (("bf16", True, 128), ("f16", True, 128), ("bf16", False, 64), ("f16", False, 64)):
         cfg = make_config(q, fp8, d, 0, gpu_name=h200)
         wide = wide_config(cfg, h200)
-        assert wide.stages == 3 and dataclasses.replace(wide, stages=cfg.stages) == cfg
+        assert wide.stages == 3 and cfg.pid_ahead and not wide.pid_ahead
+        assert dataclasses.replace(wide, stages=cfg.stages, pid_ahead=True) == cfg
         assert wide in configs("default" if q == "bf16" and (fp8 or d == 64) else "tests")
         assert wide_config(make_config(q, fp8, d, 0, gpu_name=h100), h100) is None
         for kw in (dict(stages=6), dict(two_blocks=True), dict(trace=True)):
