@@ -178,7 +178,7 @@ class KvPrefetch(Kernel):
     tma = False
     early_kv: Optional[bool] = None  # None: the product default (with PDL on an H200's three families)
     adaptive_release: Optional[bool] = None  # None: the product default (small batch-1 grids release late)
-    pid_ahead: Optional[bool] = None  # None: the product default (four iterations ahead on an H200's three families)
+    pid_ahead: Optional[bool] = None  # None: the product default (pid_ahead_default)
     grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)

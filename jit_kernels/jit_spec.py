@@ -108,7 +108,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     if early_kv is None:
         early_kv = pdl and not tma and early_kv_default(kv_fp8, head_dim, gpu_name)
     if pid_ahead is None:
-        pid_ahead = pid_ahead_default(kv_fp8, head_dim, gpu_name)
+        pid_ahead = pid_ahead_default(kv_fp8, head_dim, gpu_name, early_kv)
     if late_trigger is None:  # with the early loads, small batch-1 grids release late at run time instead
         late_trigger = pdl and not early_kv and late_trigger_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
@@ -157,12 +157,13 @@ def early_kv_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
     return "H200" in gpu_name and (head_dim, kv_fp8) in ((128, True), (64, False), (128, False))
 
 
-def pid_ahead_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
-    """On an H200 for the three families measured (experiment 44, with the early loads): a block's loop no longer
-    waits one page-table round trip per tile. head_dim 64 −10 … −14 % at the latency class (16 × 1K 15.4 → 13.3 µs),
-    fp8 −3 … −7 % there, bf16 head_dim 128 −2 … −3 % on its long shapes; batch 1 ≤ 4K unchanged. The H100 is
-    unmeasured; the shallow-ring twin keeps one iteration (``wide_config``)."""
-    return early_kv_default(kv_fp8, head_dim, gpu_name)
+def pid_ahead_default(kv_fp8: bool, head_dim: int, gpu_name: str = "", early_kv: bool = False) -> bool:
+    """On an H200 where it measured faster (experiment 44): a block's loop no longer waits one page-table round trip
+    per tile. With the early loads (``early_kv``): head_dim 64 −10 … −14 % at the latency class (16 × 1K 15.4 → 13.3
+    µs), fp8 −3 … −7 % there, bf16 head_dim 128 −2 … −3 % on its long shapes; batch 1 ≤ 4K unchanged. Launched
+    plainly (SGLang's default): head_dim 64 −2 … −4 % (1 × 4K +2 %), bf16 head_dim 128 +0 … +2 % (so off), fp8
+    unmeasured (off). The H100 is unmeasured; the shallow-ring twin keeps one iteration (``wide_config``)."""
+    return "H200" in gpu_name and (early_kv or (head_dim, kv_fp8) == (64, False))
 
 
 def f16_math_default(q_dtype: str, kv_fp8: bool, head_dim: int, fp8_q: bool = False) -> bool:

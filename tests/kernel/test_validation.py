@@ -249,3 +249,17 @@ def test_wide_module_plan_on_a_faked_h200(monkeypatch):
     small = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", max_batch_size=24)
     assert small.load().wide_config is None and not small.uses_wide(24)  # no batch it plans reaches the twin
     assert "from batch" not in small.describe_module()
+
+
+def test_pid_ahead_default_where_measured():
+    """Experiment 44: four iterations of page-id lookahead on an H200 with the early loads and for 16-bit KV at
+    head_dim 64 launched plainly; not for bf16 head_dim 128 or fp8 launched plainly, other cards, or the shallow twin."""
+    from kvprefetch.jit_kernels.jit_spec import make_config, wide_config
+
+    h200 = "NVIDIA H200"
+    for fp8, d in ((True, 128), (False, 128), (False, 64)):
+        assert make_config("bf16", fp8, d, 0, gpu_name=h200).pid_ahead
+        assert make_config("bf16", fp8, d, 0, gpu_name=h200, pdl=False).pid_ahead == (d == 64)
+        assert not make_config("bf16", fp8, d, 0).pid_ahead
+    assert not wide_config(make_config("bf16", True, 128, 0, gpu_name=h200), h200).pid_ahead
+    assert make_config("bf16", False, 128, 0, gpu_name=h200, pdl=False, pid_ahead=True).pid_ahead
