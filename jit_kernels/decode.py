@@ -108,8 +108,9 @@ class BatchDecodeWithPagedKVCache:
     not release early, so it has finished when this kernel starts, and it writes only the newest token.
     ``adaptive_release`` (with PDL released at the start; None: on where the early loads are) has a batch-1 launch
     whose active blocks are fewer than half the SMs release the next launch after its main loop instead (experiments
-    40, 41). ``pid_ahead`` (None: ``pid_ahead_default``: on an H200 with the early loads, and for 16-bit KV at head_dim 64) loads the main loop's page ids
-    four iterations before their rows are needed instead of one (experiment 44).
+    40, 41). ``pid_ahead`` (None: ``pid_ahead_default``: on an H200 with the early loads, and for 16-bit KV at
+    head_dim 64) loads the main loop's page ids four iterations before their rows are needed instead of one
+    (experiment 44).
     """
 
     def __init__(

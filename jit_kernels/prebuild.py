@@ -90,7 +90,8 @@ def configs(which: str) -> list[DecodeConfig]:
         # one iteration of page-id lookahead, with and without PDL, and the two tested families without the default
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pid_ahead=False, pdl=p)
                  for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False)]
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pid_ahead=True) for fp8, d in ((True, 64), (False, 256))]
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pid_ahead=True)
+                 for fp8, d in ((True, 64), (False, 256))]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
