@@ -3,7 +3,7 @@
 // One thread block = (split, kv head, request). Its 4 warps stream the split's KV in 64-token tiles through a
 // STAGES-deep cp.async ring in shared memory; PF tiles further ahead are requested into L2 with bulk prefetches,
 // so with short splits every byte a block needs is in flight from its first microsecond. Page ids are resolved
-// one iteration before they are needed (held in a register, then written to a small ring of row offsets).
+// KVP_PID_AHEAD iterations before they are needed (held in registers, then written to a small ring of row offsets).
 // The q heads of one kv head (the GQA group, 1..16) are the 16 rows of m16n8k16 tensor-core products.
 // fp8 KV is converted in registers while the mma operands are built (ldmatrix on the raw bytes), never in smem.
 // When a request is split, each split writes a partial (o, lse) and the last split to finish merges them.
