@@ -32,9 +32,10 @@ def configs(which: str) -> list[DecodeConfig]:
     else:
         combos = list(itertools.product(("bf16", "f16"), (False, True), (64, 128, 256)))
         distances = (0, 2) if which == "tests" else (0, 1, 2, 3, 4)
-    # the defaults of every card with its own (the H100's, and the H200's plain launch at head_dim 64)
-    defaults = [(make_config(q, fp8, d, pf, gpu_name=gpu), gpu) for (q, fp8, d) in combos for pf in distances
-                for gpu in ("", "NVIDIA H200")]
+    # the defaults of every card with its own (the H100's and the H200's), launched with PDL where that is the
+    # kernel default and plainly (the serving backend's default, KVPREFETCH_PDL=0)
+    defaults = [(make_config(q, fp8, d, pf, gpu_name=gpu, pdl=pdl), gpu) for (q, fp8, d) in combos
+                for pf in distances for gpu in ("", "NVIDIA H200") for pdl in (None, False)]
     cfgs = [c for c, _ in defaults]
     cfgs += [w for c, gpu in defaults if (w := wide_config(c, gpu)) is not None]  # the large batches' modules
     if which != "default":  # the prefetch ablation of the benchmark: other distances, and the copy-engine mode

@@ -193,6 +193,21 @@ def test_prebuild_sets_name_each_module_once():
         assert len({c.tag for c in cfgs}) == len(cfgs), which  # ninja refuses two rules for one module
 
 
+def test_prebuilt_default_set_holds_the_serving_modules():
+    """The server launches without PDL (KVPREFETCH_PDL=0): its module on each card, and its shallow twin, is in the
+    default set, so a served model never compiles at start-up where the modules were prebuilt."""
+    from kvprefetch.jit_kernels.jit_spec import make_config, wide_config
+    from kvprefetch.jit_kernels.prebuild import configs
+
+    default = configs("default")
+    for gpu in ("", "NVIDIA H200"):
+        for fp8, d in ((False, 128), (True, 128), (False, 64)):
+            cfg = make_config("bf16", fp8, d, 0, gpu_name=gpu, pdl=False)
+            assert cfg in default, cfg.tag
+            wide = wide_config(cfg, gpu)
+            assert wide is None or wide in default, wide.tag
+
+
 def test_wide_module_only_for_the_three_blocks_families_on_an_h200():
     """Experiment 28: fp8 KV at head_dim 128 and 16-bit KV at head_dim 64 get a 3-deep second module on an H200,
     with every other flag of the default but the page-id lookahead (experiment 44); nothing for other families, other
