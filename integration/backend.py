@@ -284,7 +284,8 @@ class KvPrefetchDecodeBackend(AttentionBackend):
         buffers' contents and plan with them (same tensors at capture and replay)."""
         self._check_mode(forward_batch)
         bs = int(forward_batch.batch_size)
-        self.kernels.plan_graph(forward_batch.req_pool_indices[:bs], forward_batch.seq_lens[:bs], bs)
+        self.kernels.plan_graph(forward_batch.req_pool_indices[:bs], forward_batch.seq_lens[:bs], bs,
+                                getattr(forward_batch, "seq_lens_sum", None))
 
     def init_forward_metadata_in_graph(self, forward_batch):
         pass  # nothing is recorded into the graph besides the attention kernels themselves

@@ -188,8 +188,13 @@ class DecodeKernels:
 
     # ---- metadata --------------------------------------------------------------------
 
-    def _build_into(self, indptr, indices, last, req_pool_indices, seq_lens) -> None:
-        self._build(self.req_to_token, req_pool_indices, seq_lens, self.page_size, indptr, indices, last)
+    def _build_into(self, indptr, indices, last, req_pool_indices, seq_lens,
+                    seq_lens_sum: Optional[int] = None) -> None:
+        # The token sum bounds any one request's pages; it only sets how many programs share a long row's copy
+        # (any value is correct: each program loops to its request's end).
+        bound = None if seq_lens_sum is None else min(self.max_pages_per_req, -(-int(seq_lens_sum) // self.page_size))
+        self._build(self.req_to_token, req_pool_indices, seq_lens, self.page_size, indptr, indices, last,
+                    max_pages=bound)
 
     def _plan_all(self, indptr, indices, last, bs: int) -> None:
         self._plan = _Plan(indptr, indices, last, bs)
@@ -210,7 +215,7 @@ class DecodeKernels:
             self._e_indices = torch.empty(max(need, 2 * self._e_indices.numel()),
                                           dtype=torch.int32, device=self.device)
         indptr, last = self._e_indptr[: bs + 1], self._e_last[:bs]
-        self._build_into(indptr, self._e_indices, last, req_pool_indices, seq_lens)
+        self._build_into(indptr, self._e_indices, last, req_pool_indices, seq_lens, seq_lens_sum)
         self._plan_all(indptr, self._e_indices, last, bs)
 
     def init_graph_buffers(self, max_bs: int) -> int:
@@ -232,9 +237,11 @@ class DecodeKernels:
         ts = (self._g_indptr, self._g_last, self._g_indices)
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
-    def plan_graph(self, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, bs: int) -> None:
+    def plan_graph(self, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, bs: int,
+                   seq_lens_sum: Optional[int] = None) -> None:
         """Refresh the persistent graph buffers for a (padded) batch of ``bs`` and plan
-        the wrappers with them. Called before capture and before every replay."""
+        the wrappers with them. Called before capture and before every replay. ``seq_lens_sum``: the host's
+        token sum of the padded batch where SGLang publishes it (None: not known)."""
         if self._g_indptr is None:
             raise RuntimeError("init_graph_buffers() was not called before CUDA-graph planning")
         if bs > self.graph_max_bs:
@@ -242,7 +249,7 @@ class DecodeKernels:
         if bs == 0:
             return
         indptr, last = self._g_indptr[: bs + 1], self._g_last[:bs]
-        self._build_into(indptr, self._g_indices, last, req_pool_indices[:bs], seq_lens[:bs])
+        self._build_into(indptr, self._g_indices, last, req_pool_indices[:bs], seq_lens[:bs], seq_lens_sum)
         self._plan_all(indptr, self._g_indices, last, bs)
 
     # ---- attention -------------------------------------------------------------------

@@ -40,6 +40,8 @@ except Exception:  # pragma: no cover - depends on the machine
 # iteration of the prefix scan. Fixed so the kernel compiles once per page size.
 _COPY_BLOCK = 1024
 _SCAN_BLOCK = 1024
+# Programs to aim for in one build: a request gets up to this many // batch of them (at least one).
+_TARGET_PROGRAMS = 256
 
 
 def num_pages_upper_bound(seq_lens_sum: int, batch_size: int, page_size: int) -> int:
@@ -59,8 +61,10 @@ def build_page_table_torch(
     kv_indptr: torch.Tensor,
     kv_indices: torch.Tensor,
     kv_last_page_len: torch.Tensor,
+    max_pages: Optional[int] = None,
 ) -> int:
-    """Fill kv_indptr[:B+1], kv_indices[:nnz], kv_last_page_len[:B]; return nnz (syncs)."""
+    """Fill kv_indptr[:B+1], kv_indices[:nnz], kv_last_page_len[:B]; return nnz (syncs). ``max_pages`` is
+    accepted for the Triton builder's signature and not needed here."""
     bs = int(seq_lens.shape[0])
     kv_indptr[0] = 0
     if bs == 0:
@@ -96,29 +100,32 @@ if _HAVE_TRITON:
         SCAN_BLOCK: tl.constexpr,
         COPY_BLOCK: tl.constexpr,
     ):
-        # One program per request. Its page offset is the sum of the page counts of the
-        # requests before it (a small scan re-done per program: O(B^2 / SCAN_BLOCK) loads,
-        # a few microseconds at B=4096, and it keeps the whole build to one launch).
+        # Program (b, g) copies request b's page ids in blocks g, g + G, g + 2G, ... (G programs per request):
+        # a long request's row is copied by G programs at once, not walked by one program block after block
+        # (at batch 1 and 16K tokens of page 1 that walk was 16 dependent load/store rounds before every step).
+        # Each program's page offset is the sum of the page counts of the requests before it (a small scan
+        # re-done per program: O(B^2 / SCAN_BLOCK) loads, and it keeps the whole build to one launch).
         pid = tl.program_id(0)
-        start = pid * 0  # an int32 scalar tensor (loop-carried)
-        for base in range(0, pid, SCAN_BLOCK):
-            offs = base + tl.arange(0, SCAN_BLOCK)
-            lens = tl.load(seq_lens_ptr + offs, mask=offs < pid, other=0).to(tl.int32)
-            start += tl.sum((lens + PAGE_SIZE - 1) // PAGE_SIZE, axis=0)
-
+        g = tl.program_id(1)
         seq_len = tl.load(seq_lens_ptr + pid).to(tl.int32)
         n_pages = (seq_len + PAGE_SIZE - 1) // PAGE_SIZE
-        tl.store(kv_indptr_ptr + pid + 1, start + n_pages)
-        if pid == 0:
-            tl.store(kv_indptr_ptr, 0)
-        tl.store(kv_last_page_len_ptr + pid, seq_len - tl.maximum(n_pages - 1, 0) * PAGE_SIZE)
-
-        row = req_to_token_ptr + tl.load(req_pool_indices_ptr + pid).to(tl.int64) * req_to_token_stride
-        for base in range(0, n_pages, COPY_BLOCK):
-            offs = base + tl.arange(0, COPY_BLOCK)
-            mask = offs < n_pages
-            slot = tl.load(row + offs.to(tl.int64) * PAGE_SIZE, mask=mask, other=0)
-            tl.store(kv_indices_ptr + start + offs, (slot // PAGE_SIZE).to(tl.int32), mask=mask)
+        if (g == 0) | (g * COPY_BLOCK < n_pages):
+            start = pid * 0  # an int32 scalar tensor (loop-carried)
+            for base in range(0, pid, SCAN_BLOCK):
+                offs = base + tl.arange(0, SCAN_BLOCK)
+                lens = tl.load(seq_lens_ptr + offs, mask=offs < pid, other=0).to(tl.int32)
+                start += tl.sum((lens + PAGE_SIZE - 1) // PAGE_SIZE, axis=0)
+            if g == 0:
+                tl.store(kv_indptr_ptr + pid + 1, start + n_pages)
+                if pid == 0:
+                    tl.store(kv_indptr_ptr, 0)
+                tl.store(kv_last_page_len_ptr + pid, seq_len - tl.maximum(n_pages - 1, 0) * PAGE_SIZE)
+            row = req_to_token_ptr + tl.load(req_pool_indices_ptr + pid).to(tl.int64) * req_to_token_stride
+            for base in range(g * COPY_BLOCK, n_pages, tl.num_programs(1) * COPY_BLOCK):
+                offs = base + tl.arange(0, COPY_BLOCK)
+                mask = offs < n_pages
+                slot = tl.load(row + offs.to(tl.int64) * PAGE_SIZE, mask=mask, other=0)
+                tl.store(kv_indices_ptr + start + offs, (slot // PAGE_SIZE).to(tl.int32), mask=mask)
 
 
 def triton_available() -> bool:
@@ -134,10 +141,13 @@ def build_page_table_triton(
     kv_indices: torch.Tensor,
     kv_last_page_len: torch.Tensor,
     batch_size: Optional[int] = None,
+    max_pages: Optional[int] = None,
 ) -> None:
     """Same contract as build_page_table_torch, in one Triton launch (no sync, no allocation).
 
-    kv_indices must hold at least sum(ceil(seq_len/P)) entries; the caller sizes it.
+    kv_indices must hold at least sum(ceil(seq_len/P)) entries; the caller sizes it. ``max_pages``, a host-known
+    bound of any request's page count (default: a whole req_to_token row), only sets how many programs share a
+    request's copy (each program loops over its share to the request's end, so any value is correct).
     """
     if not _HAVE_TRITON:
         raise RuntimeError("triton is not importable")
@@ -146,7 +156,11 @@ def build_page_table_triton(
         kv_indptr[:1].zero_()
         return
     assert req_to_token.stride(1) == 1, "req_to_token rows must be contiguous"
-    _kvprefetch_page_table_kernel[(bs,)](
+    if max_pages is None:
+        max_pages = max_pages_per_request(req_to_token.shape[1], page_size)
+    blocks = max(1, -(-int(max_pages) // _COPY_BLOCK))
+    per_request = max(1, min(blocks, _TARGET_PROGRAMS // bs))
+    _kvprefetch_page_table_kernel[(bs, per_request)](
         req_to_token,
         req_to_token.stride(0),
         req_pool_indices,
@@ -168,11 +182,13 @@ def build_page_table(
     kv_indptr: torch.Tensor,
     kv_indices: torch.Tensor,
     kv_last_page_len: torch.Tensor,
+    max_pages: Optional[int] = None,
 ) -> None:
-    """Triton on CUDA tensors, torch otherwise."""
+    """Triton on CUDA tensors, torch otherwise (max_pages: see build_page_table_triton)."""
     if _HAVE_TRITON and req_to_token.is_cuda:
         build_page_table_triton(
-            req_to_token, req_pool_indices, seq_lens, page_size, kv_indptr, kv_indices, kv_last_page_len
+            req_to_token, req_pool_indices, seq_lens, page_size, kv_indptr, kv_indices, kv_last_page_len,
+            max_pages=max_pages,
         )
     else:
         build_page_table_torch(

@@ -54,6 +54,26 @@ def test_triton_page_table_matches_torch(page_size):
     assert torch.equal(a[1][:nnz], b[1][:nnz])
 
 
+@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("max_pages", [None, 1, 5000])
+def test_triton_page_table_small_batch_long_rows(page_size, max_pages):
+    """A few long requests: several programs share each row (as many as max_pages allows), same result."""
+    from kvprefetch.integration.page_table import build_page_table_torch, build_page_table_triton
+
+    seq_lens = [20000, 7, 3000]
+    pool = make_paged_pool(seq_lens, page_size, num_kv_heads=1, head_dim=64, share_prefix_pages=1, device=DEV)
+    cap = sum(seq_lens) + 16
+    a = [torch.full((4,), -7, dtype=torch.int32, device=DEV), torch.full((cap,), -7, dtype=torch.int32, device=DEV),
+         torch.full((3,), -7, dtype=torch.int32, device=DEV)]
+    b = [t.clone() for t in a]
+    nnz = build_page_table_torch(pool.req_to_token, pool.req_pool_indices, pool.seq_lens, page_size, *a)
+    build_page_table_triton(pool.req_to_token, pool.req_pool_indices, pool.seq_lens, page_size, *b,
+                            max_pages=max_pages)
+    torch.cuda.synchronize()
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    assert torch.equal(a[1][:nnz], b[1][:nnz]) and bool((b[1][nnz:] == -7).all())
+
+
 @pytest.mark.parametrize("page_size", [1, 16, 64])
 @pytest.mark.parametrize("kv", ["bf16", "fp8"])
 @pytest.mark.parametrize("heads", [(32, 8, 128), (28, 4, 128), (16, 2, 64)])

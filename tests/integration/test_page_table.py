@@ -24,6 +24,7 @@ CASES = [
     (64, [64, 1, 129, 500]),
     (128, [1, 127, 128, 129, 1000]),
     (2, [3]),
+    (1, [2500, 5, 1030]),  # rows longer than one copy block: several programs share a request
 ]
 
 
@@ -113,6 +114,9 @@ for page_size, seq_lens in json.loads(sys.argv[2]):
     b = [t.clone() for t in a]
     nnz = build_page_table_torch(pool.req_to_token, pool.req_pool_indices, pool.seq_lens, page_size, *a)
     build_page_table_triton(pool.req_to_token, pool.req_pool_indices, pool.seq_lens, page_size, *b)
+    c = [t.clone().fill_(-7) for t in a]  # one program per request: it walks the whole row
+    build_page_table_triton(pool.req_to_token, pool.req_pool_indices, pool.seq_lens, page_size, *c, max_pages=1)
+    b = b if all(torch.equal(x, y) for x, y in zip(b, c)) else [t.fill_(-9) for t in b]
     if not (torch.equal(a[0], b[0]) and torch.equal(a[1][:nnz], b[1][:nnz]) and torch.equal(a[2], b[2])):
         bad.append(page_size)
 print("BAD", bad)
