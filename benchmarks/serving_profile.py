@@ -55,12 +55,13 @@ def profile_once(port: int, input_len: int, steps: int, trace_dir: Path, prefix:
     """One request long enough to outlast the profile; the profile starts once its prefill is surely done."""
     base = f"http://127.0.0.1:{port}"
     ids = [random.randrange(1000, 100000) for _ in range(input_len)]
-    req = {"input_ids": ids, "sampling_params": {"max_new_tokens": 4 * steps + 400, "ignore_eos": True,
+    # ~20 steps per profiled step: the profiler stops (and writes its trace) only after `steps` forward steps
+    req = {"input_ids": ids, "sampling_params": {"max_new_tokens": 20 * steps + 500, "ignore_eos": True,
                                                   "temperature": 0.0}}
     done: Dict[str, Any] = {}
     t = threading.Thread(target=lambda: done.setdefault("r", post_json(f"{base}/generate", req, 300.0)), daemon=True)
     t.start()
-    time.sleep(3.0)
+    time.sleep(1.0)  # the prefill (~0.1 s for the 1B at 16K) is done
     trace_dir.mkdir(parents=True, exist_ok=True)
     status, body = post_json(f"{base}/start_profile", {
         "output_dir": str(trace_dir), "num_steps": steps, "activities": ["CPU", "GPU"], "with_stack": with_stack,
@@ -71,10 +72,13 @@ def profile_once(port: int, input_len: int, steps: int, trace_dir: Path, prefix:
     status, _ = done.get("r", (0, "no answer"))
     if status != 200:
         raise RuntimeError(f"/generate answered {status}")
-    found = sorted(trace_dir.glob(f"{prefix}*.trace.json*"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise RuntimeError(f"no trace named {prefix}* under {trace_dir}")
-    return found[-1]
+    t0 = time.time()
+    while time.time() - t0 < 120.0:  # the trace is written after the last profiled step, maybe after the request
+        found = sorted(trace_dir.glob(f"{prefix}*.trace.json*"), key=lambda p: p.stat().st_mtime)
+        if found and time.time() - found[-1].stat().st_mtime > 2.0:
+            return found[-1]
+        time.sleep(1.0)
+    raise RuntimeError(f"no trace named {prefix}* under {trace_dir} after 120 s")
 
 
 def profile_backend(model: str, backend: str, args: argparse.Namespace, log_dir: Path) -> Dict[str, Any]:
