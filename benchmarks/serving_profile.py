@@ -29,8 +29,8 @@ import trace_steps as ts  # noqa: E402
 from serving_procs import ServerProcess, ensure_model, free_port, gpu_name, server_env  # noqa: E402
 from soak_http import post_json  # noqa: E402
 
-def modes(requests: int) -> List[Tuple[str, bool]]:
-    return [(f"nostack{i}", False) for i in range(requests)] + [("stack", True)]
+def modes(requests: int, stack: bool = True) -> List[Tuple[str, bool]]:
+    return [(f"nostack{i}", False) for i in range(requests)] + ([("stack", True)] if stack else [])
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -40,6 +40,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--input-len", type=int, default=16384)
     ap.add_argument("--steps", type=int, default=200, help="decode steps per profile")
     ap.add_argument("--requests", type=int, default=4, help="requests profiled without stacks, one after another")
+    ap.add_argument("--no-stack", action="store_true", help="skip the profile with Python stacks")
     ap.add_argument("--page-size", type=int, default=1)
     ap.add_argument("--server-args", type=str, default="")
     ap.add_argument("--model-root", type=Path, default=Path("/tmp/kvprefetch-models"))
@@ -96,7 +97,7 @@ def profile_backend(model: str, backend: str, args: argparse.Namespace, log_dir:
         if not ok:
             row["skipped"] = msg
             return row
-        for mode, stack in modes(args.requests):
+        for mode, stack in modes(args.requests, not args.no_stack):
             trace = profile_once(port, args.input_len, args.steps, args.out / "traces", f"{model}-{backend}-{mode}",
                                  stack)
             row[mode] = ts.analyze(ts.load_events(trace))
@@ -122,7 +123,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     doc["rows"] = [profile_backend(m, b, args, log_dir) for m in args.models for b in args.backends]
     md = [f"# Served decode steps profiled — {name}, commit {doc['commit']}", ""]
     for r in doc["rows"]:
-        for mode, _ in modes(args.requests):
+        for mode, _ in modes(args.requests, not args.no_stack):
             if mode in r:
                 md.append(ts.render(f"{r['model']} / {r['backend']} / {mode} ({r['input_len']} in)", r[mode]))
         if "skipped" in r or "error" in r:

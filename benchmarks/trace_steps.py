@@ -4,7 +4,8 @@
 
 A decode step is the interval between two CUDA-graph launches on the thread that launches them. Per step: the
 CPU period (median, p10, p90), the GPU busy time (union of kernel, memcpy and memset intervals inside the steps'
-window), the GPU time of each kernel, the CPU time of the launching thread split by top-level op / runtime call,
+window), the GPU step (first to last GPU activity, less idle stretches longer than BUBBLE_US: what the step costs
+the GPU with its launch gaps, when the host never makes it wait), the GPU time of each kernel, the CPU time of the launching thread split by top-level op / runtime call,
 and (traces taken with stack) the inclusive time of each Python function.
 
     python benchmarks/trace_steps.py TRACE [TRACE ...] [--top 25]
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
+# An idle stretch of the GPU longer than this is a host-side bubble between steps; shorter ones are the launch gaps
+# inside and between a step's own launches (part of what the backend costs on the GPU).
+BUBBLE_US = 20.0
 CPU_CATS = ("cpu_op", "cuda_runtime", "cuda_driver", "user_annotation")
 
 
@@ -31,14 +35,23 @@ def load_events(path: Path) -> List[Dict[str, Any]]:
     return [e for e in events if e.get("ph") == "X" and "ts" in e and "dur" in e]
 
 
-def union_length(intervals: Iterable[Tuple[float, float]]) -> float:
-    total, end = 0.0, float("-inf")
+def merged(intervals: Iterable[Tuple[float, float]]) -> List[Tuple[float, float]]:
+    out: List[Tuple[float, float]] = []
     for s, e in sorted(intervals):
-        if e <= end:
-            continue
-        total += e - max(s, end)
-        end = e
-    return total
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def union_length(intervals: Iterable[Tuple[float, float]]) -> float:
+    return sum(e - s for s, e in merged(intervals))
+
+
+def bubbles(busy: Sequence[Tuple[float, float]], longer_than: float = BUBBLE_US) -> float:
+    """Idle time between merged busy intervals, counting only the stretches longer than ``longer_than``."""
+    return sum(g for g in (b[0] - a[1] for a, b in zip(busy, busy[1:])) if g > longer_than)
 
 
 def top_level(events: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -72,7 +85,10 @@ def analyze(events: List[Dict[str, Any]], top: int = 25) -> Dict[str, Any]:
     t0, t1, steps = starts[0], starts[-1], len(starts) - 1
     periods = [b - a for a, b in zip(starts, starts[1:])]
     window = [e for e in events if t0 <= e["ts"] < t1]
-    gpu = union_length((e["ts"], e["ts"] + e["dur"]) for e in window if e.get("cat") in GPU_CATS)
+    busy = merged((e["ts"], e["ts"] + e["dur"]) for e in window if e.get("cat") in GPU_CATS)
+    gpu = sum(e - s for s, e in busy)
+    host_bubbles = bubbles(busy)
+    gpu_step = ((busy[-1][1] - busy[0][0]) - host_bubbles) / steps if busy else 0.0
     mine = [e for e in window if (e["pid"], e["tid"]) == thread]
     cpu_top = top_level([e for e in mine if e.get("cat") in CPU_CATS])
     by_op: Dict[str, float] = collections.defaultdict(float)
@@ -97,6 +113,8 @@ def analyze(events: List[Dict[str, Any]], top: int = 25) -> Dict[str, Any]:
         "period_us_p10_p90": [round(q, 2) for q in _p10_p90(periods)],
         "gpu_busy_us_per_step": round(gpu / steps, 2),
         "gpu_idle_fraction": round(1 - gpu / (t1 - t0), 4),
+        "gpu_step_us": round(gpu_step, 2),
+        "host_bubble_us_per_step": round(host_bubbles / steps, 2),
         "cpu_ops_us_per_step": round(sum(by_op.values()) / steps, 2),
         "top_cpu_ops_us_per_step": per_step(by_op),
         "top_gpu_kernels_us_per_step": per_step(kernels),
@@ -111,6 +129,8 @@ def render(name: str, a: Dict[str, Any]) -> str:
              f"{a['steps']} steps: period median {a['period_us_median']} µs (mean {a['period_us_mean']}, "
              f"p10/p90 {a['period_us_p10_p90'][0]}/{a['period_us_p10_p90'][1]}), "
              f"GPU busy {a['gpu_busy_us_per_step']} µs per step (idle {100 * a['gpu_idle_fraction']:.1f} %), "
+             f"GPU step {a['gpu_step_us']} µs (launch gaps in, host bubbles > {BUBBLE_US:.0f} µs out: "
+             f"{a['host_bubble_us_per_step']} µs per step), "
              f"top-level CPU ops {a['cpu_ops_us_per_step']} µs per step", "",
              "| top-level CPU op | µs per step |", "| :--- | ---: |"]
     lines += [f"| `{k}` | {v} |" for k, v in a["top_cpu_ops_us_per_step"]]

@@ -29,10 +29,17 @@ def test_union_length_merges_overlaps():
     assert ts.union_length([]) == 0
 
 
+def test_bubbles_count_only_long_idle_stretches():
+    busy = ts.merged([(0, 10), (12, 20), (60, 70)])   # gaps 2 (a launch gap) and 40 (a host bubble)
+    assert ts.bubbles(busy, longer_than=20) == 40
+
+
 def test_analyze_steps_period_gpu_and_cpu_split():
     a = ts.analyze(three_steps())
     assert a["steps"] == 3 and a["period_us_median"] == 1000
     assert a["gpu_busy_us_per_step"] == 450          # 150..600 per step, overlap counted once
+    # busy 150..600, 1150..1600, 2150..2600 in the window: idle 550 µs twice (bubbles), span 2450
+    assert a["host_bubble_us_per_step"] == round(1100 / 3, 2) and a["gpu_step_us"] == round(1350 / 3, 2)
     ops = dict(a["top_cpu_ops_us_per_step"])
     assert ops["aten::copy_"] == 30 and "cudaMemcpyAsync" not in ops and ops["cudaGraphLaunch"] == 20
     assert dict(a["top_python_us_per_step"])["backend.py(10): plan"] == 50
