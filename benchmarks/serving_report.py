@@ -32,7 +32,8 @@ def render_md(doc: Dict[str, Any]) -> str:
                "architecture), driven by SGLang's own `sglang.benchmark.serving` with `--dataset-name random-ids "
                "--random-range-ratio 1 --tokenize-prompt` (exact lengths; EOS ignored). Each point: median of the "
                "repeats; spread = (max - min) / median over repeats. ×fa3 and ×best other: output tok/s ratio to "
-               "FA3 (SGLang's default on Hopper) and to the fastest other backend on the same point.\n")
+               "FA3 (SGLang's default on Hopper) and to the fastest other backend on the same point; \"within spread\": that "
+               "ratio is closer to 1 than the larger tok/s spread of the two rows, so it ranks nothing.\n")
     knobs = sorted({f"{k}={v}" for run in doc.get("runs", []) for k, v in (run.get("kvprefetch_env") or {}).items()})
     if knobs:
         out.append(f"kvprefetch knobs set for these runs: `{' '.join(knobs)}`\n")
@@ -59,7 +60,8 @@ def render_md(doc: Dict[str, Any]) -> str:
                           f"{100 * r['tpot_spread']:.1f}% / {100 * spread:.1f}%"
                           if r.get("tpot_spread") is not None and spread is not None else "—",
                           _x(r.get("speedup_vs_fa3")),
-                          (_x(r.get("speedup_vs_best_other")) + (f" ({r['best_other']})" if r.get("best_other") else "")),
+                          (_x(r.get("speedup_vs_best_other")) + (f" ({r['best_other']})" if r.get("best_other") else "")
+                           + {True: "", False: " within spread", None: ""}[r.get("beyond_spread")]),
                           f"{r.get('num_prompts')} x {r.get('repeats')}" + (f"; {r['note']}" if r.get("note") else "")])
         out.append(md_table(["workload", "backend", "output tok/s", "TPOT p50 ms", "TPOT p99 ms", "TTFT p50 ms",
                              "ITL p50 ms", "spread TPOT / tok/s", "×fa3", "×best other", "prompts x repeats"],

@@ -92,6 +92,17 @@ def test_derive_speedups():
     assert d[("llama-3.1-8b", "triton")]["speedup_vs_best_other"] is None
     lone = d[("llama-3.2-1b", "fa3")]
     assert lone["best_other"] is None and lone["speedup_vs_fa3"] is None
+    assert kv["beyond_spread"] is True  # one run each: spread 0, so any difference counts
+
+
+def test_derive_difference_within_the_spread_ranks_nothing():
+    a = sr.make_row(sr.Server("llama-3.2-1b", "kvprefetch", 1, "bf16"), W, 16,
+                    [bench_result(t, 1.0) for t in (100.0, 107.0, 130.0)])   # spread 30 / 107
+    b = sr.make_row(sr.Server("llama-3.2-1b", "fa3", 1, "bf16"), W, 16,
+                    [bench_result(t, 1.0) for t in (99.0, 100.0, 101.0)])
+    d = {r["backend"]: r for r in sr.derive([a, b])}
+    assert d["kvprefetch"]["speedup_vs_best_other"] == pytest.approx(1.07)
+    assert d["kvprefetch"]["beyond_spread"] is False and d["fa3"]["beyond_spread"] is False
 
 
 def test_estimates_are_plausible():
