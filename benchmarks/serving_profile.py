@@ -29,6 +29,7 @@ import trace_steps as ts  # noqa: E402
 from serving_procs import ServerProcess, ensure_model, free_port, gpu_name, server_env  # noqa: E402
 from soak_http import post_json  # noqa: E402
 
+
 def modes(requests: int, stack: bool = True) -> List[Tuple[str, bool]]:
     return [(f"nostack{i}", False) for i in range(requests)] + ([("stack", True)] if stack else [])
 

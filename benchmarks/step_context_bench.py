@@ -50,8 +50,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         ap.error("--batches, --contexts, --page-size, --repeats and --layers: expected positive integers")
     bad = [k for k in args.kernels if not known_kernel(k)]
     if bad:
-        ap.error(f"--kernels: unknown {bad}; expected kernel_peers names ({', '.join(k for k in kg.ALL_KERNELS if known_kernel(k))}) or "
-                 "kvprefetch variants such as kvprefetch_nopdl")
+        names = ", ".join(k for k in kg.ALL_KERNELS if known_kernel(k))
+        ap.error(f"--kernels: unknown {bad}; expected kernel_peers names ({names}) or kvprefetch variants such as "
+                 "kvprefetch_nopdl")
     return args
 
 
@@ -154,7 +155,8 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
                 try:
                     kern = adapter(kname)(prob, cache)
                     prob.q.copy_(q0)
-                    row["max_rel_err"] = prob.max_rel_err(kern(0))
+                    row["max_rel_err"] = prob.max_rel_err(kern(0))  # inf on NaN / Inf
+                    row["correct"] = bool(row["max_rel_err"] < kr.REL_ERR_TOL)
                     t = timed(step_fn(wts, prob, kern), args.repeats)
                     alone = timed(alone_fn(prob, kern, layers), args.repeats)
                     row.update(step_us=t["us"], us_p10=t["us_p10"], us_p90=t["us_p90"],
@@ -182,7 +184,8 @@ def render_md(doc: Dict[str, Any]) -> str:
            f"{doc['layers']} layers, page {doc['page_size']}, bf16; HBM copy bandwidth "
            f"{doc['hbm_copy_gbps']:,.0f} GB/s. Median µs per step (one CUDA graph). `in step` = (step − floor) / "
            "layers: what the kernel adds to a step whose GEMVs stream the weights between its calls; `alone` = its "
-           "calls back to back, per call; `× best peer` = the best other kernel's `in step` / this one's.\n"]
+           "calls back to back, per call; `× best peer` = the best other kernel's `in step` / this one's; WRONG: "
+           f"layer 0's output off the float reference by {kr.REL_ERR_TOL} or more (NaN included).\n"]
     ok = [r for r in doc["rows"] if r["kernel"] != "floor" and "step_us" in r]
     rows = []
     for r in doc["rows"]:
@@ -199,7 +202,8 @@ def render_md(doc: Dict[str, Any]) -> str:
         ratio = min(others) / r["attention_us_per_layer"] if others and r["attention_us_per_layer"] > 0 else None
         rows.append([r["batch"], rio.fmt_tokens(r["context"]), r["kernel"], rio.fmt_num(r["step_us"]),
                      rio.fmt_num(r["attention_us_per_layer"], 2), rio.fmt_num(r["alone_us_per_layer"], 2),
-                     f"{ratio:.3f}" if ratio else "—", f"{r['max_rel_err']:.1e}"])
+                     f"{ratio:.3f}" if ratio else "—",
+                     f"{r['max_rel_err']:.1e}" + ("" if r.get("correct", True) else " WRONG")])
     out.append(rio.md_table(["batch", "context", "kernel", "step µs", "in step µs/layer", "alone µs/layer",
                              "× best peer", "max rel err"], rows))
     return "\n".join(out) + "\n"

@@ -2,11 +2,13 @@
 """Where a served decode step's time goes, from a torch-profiler trace of the SGLang scheduler (a Chrome trace,
 ``*.trace.json[.gz]``, as SGLang's /start_profile writes it).
 
-A decode step is the interval between two CUDA-graph launches on the thread that launches them. Per step: the
-CPU period (median, p10, p90), the GPU busy time (union of kernel, memcpy and memset intervals inside the steps'
-window), the GPU step (first to last GPU activity, less idle stretches longer than BUBBLE_US: what the step costs
-the GPU with its launch gaps, when the host never makes it wait), the GPU time of each kernel, the CPU time of the launching thread split by top-level op / runtime call,
-and (traces taken with stack) the inclusive time of each Python function.
+A decode step is the interval between two CUDA-graph launches on the thread that launches them. Per step:
+- the CPU period (median, p10, p90);
+- the GPU busy time (union of kernel, memcpy and memset intervals inside the steps' window);
+- the GPU step: first to last GPU activity, less idle stretches longer than BUBBLE_US. It is what the step costs the
+  GPU with its launch gaps, when the host never makes it wait;
+- the GPU time of each kernel, and the launching thread's CPU time per top-level op / runtime call;
+- with stacks in the trace, the inclusive time of each Python function.
 
     python benchmarks/trace_steps.py TRACE [TRACE ...] [--top 25]
 """

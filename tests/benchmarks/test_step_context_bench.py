@@ -25,7 +25,10 @@ def test_report_ratios_against_the_best_peer():
                 "alone_us_per_layer": 17.0, "max_rel_err": 1e-3},
                {**base, "kernel": "fa3", "step_us": 1304.0, "attention_us_per_layer": 19.0,
                 "alone_us_per_layer": 18.0, "max_rel_err": 2e-3},
-               {**base, "kernel": "xqa", "skipped": "page size 1"}]}
+               {**base, "kernel": "xqa", "skipped": "page size 1"},
+               {**base, "kernel": "flashinfer_tc", "step_us": 1400.0, "attention_us_per_layer": 25.0,
+                "alone_us_per_layer": 24.0, "max_rel_err": float("inf"), "correct": False}]}
     md = sc.render_md(doc)
     assert "| kvprefetch_nopdl | 1,320 | 20.00 | 17.00 | 0.950 |" in md
     assert "| xqa | skip |" in md and "floor (weights only)" in md
+    assert "inf WRONG" in md
