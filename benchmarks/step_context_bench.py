@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernel_grid as kg  # noqa: E402
 import kernel_rows as kr  # noqa: E402
 import results_io as rio  # noqa: E402
-from xlayer_bench import MODELS  # noqa: E402
+from xlayer_bench import MODELS, Model  # noqa: E402
 
 # kvprefetch as SGLang's backend launches it (no PDL) first: the row the served model gets
 DEFAULT_KERNELS = ["kvprefetch_nopdl", "kvprefetch", "fa3", "flashinfer_cc", "flashinfer_tc", "xqa", "sglang_triton"]
@@ -68,27 +68,11 @@ def adapter(name: str):
     return kp.variant(**kg.parse_variant(name))
 
 
-class Weights:
-    """One step's weights for L layers and the activations the step passes along (batch ``b``)."""
-
-    def __init__(self, m, layers: int, batch: int, device):
-        import torch
-
-        def w(n_in, n_out):
-            return torch.empty(n_in, n_out, dtype=torch.bfloat16, device=device).normal_(0, 0.02)
-
-        self.m, self.batch = m, batch
-        self.w = [(w(m.hidden, (m.hq + 2 * m.hkv) * m.d), w(m.hq * m.d, m.hidden), w(m.hidden, 2 * m.inter),
-                   w(m.inter, m.hidden)) for _ in range(layers)]
-        self.x = torch.randn(batch, m.hidden, dtype=torch.bfloat16, device=device)
-        self.o = torch.zeros(batch, m.hq, m.d, dtype=torch.bfloat16, device=device)  # the floor's attention output
-
-
-def step_fn(wts: Weights, prob, kern):
+def step_fn(wts: Model, prob, kern):
     """The step as a capturable function; kern None: the floor (no attention)."""
     import torch.nn.functional as F
 
-    m, b = wts.m, wts.batch
+    m, b = wts.shape, wts.x.shape[0]
 
     def step():
         x = wts.x
@@ -139,7 +123,7 @@ def measure(args: argparse.Namespace) -> Dict[str, Any]:
                            "page_size": args.page_size, "rows": []}
     cache = kp.Cache(dev)
     for b in args.batches:
-        wts = Weights(m, layers, b, dev)
+        wts = Model(m, layers, dev, batch=b)
         for ctx in args.contexts:
             t0 = time.time()
             shape = kg.Shape(b, ctx, args.page_size, m.hq, m.hkv, m.d, "bf16")

@@ -125,9 +125,10 @@ def dry_run(args: argparse.Namespace) -> int:
 
 
 class Model:
-    """L layers of weights (shared by every context) and the activations one decode step passes along."""
+    """L layers of weights (shared by every context) and the activations one decode step of ``batch`` requests
+    passes along (step_context_bench.py uses it at other batches)."""
 
-    def __init__(self, m: Shape, layers: int, device):
+    def __init__(self, m: Shape, layers: int, device, batch: int = 1):
         import torch
 
         def w(n_in, n_out):
@@ -136,9 +137,10 @@ class Model:
         self.shape = m
         self.w = [(w(m.hidden, (m.hq + 2 * m.hkv) * m.d), w(m.hq * m.d, m.hidden), w(m.hidden, 2 * m.inter),
                    w(m.inter, m.hidden)) for _ in range(layers)]
-        self.x = torch.randn(1, m.hidden, dtype=torch.bfloat16, device=device)
-        self.q = torch.randn(1, m.hq, m.d, dtype=torch.bfloat16, device=device)  # the attention-only variant keeps it
-        self.o = torch.randn(1, m.hq, m.d, dtype=torch.bfloat16, device=device)  # the weights-only variant reads it
+        self.x = torch.randn(batch, m.hidden, dtype=torch.bfloat16, device=device)
+        # the attention-only variant keeps q; the weights-only variant reads o
+        self.q = torch.randn(batch, m.hq, m.d, dtype=torch.bfloat16, device=device)
+        self.o = torch.randn(batch, m.hq, m.d, dtype=torch.bfloat16, device=device)
 
 
 def build_step(model: "Model", kv, wrapper, toucher: Optional[Any], spec: Dict[str, Any], bulk_bytes: int = 0):
