@@ -30,7 +30,10 @@ import ncu_calls  # noqa: E402
 import ncu_rows as nr  # noqa: E402
 import results_io as rio  # noqa: E402
 
-SECTIONS = ("SpeedOfLight", "Occupancy", "SchedulerStats", "WarpStateStats", "ComputeWorkloadAnalysis")
+SECTIONS = ("SpeedOfLight", "Occupancy", "SchedulerStats", "WarpStateStats", "ComputeWorkloadAnalysis", "LaunchStats")
+# counters summed over a call's launches (not duration-weighted): DRAM bytes read, and L2 read sectors with their hits
+COUNTERS = ("dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_read.sum",
+            "lts__t_sectors_srcunit_tex_op_read_lookup_hit.sum")
 WARMUP, CALLS = 3, 2
 DEFAULT_KERNELS = ("kvprefetch", "fa3", "xqa", "flashinfer_tc")
 _STALL = re.compile(r"smsp__average_warps_issue_stalled_(\w+?)_per_issue_active\.ratio")
@@ -40,6 +43,7 @@ HEADLINE = (("issue active %", ("smsp__issue_active.avg.pct_of_peak_sustained_ac
             ("DRAM % of peak", ("gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed",
                                 "dram__throughput.avg.pct_of_peak_sustained_elapsed")),
             ("SM % of peak", ("sm__throughput.avg.pct_of_peak_sustained_elapsed",)))
+DRAM_PER_KV = "DRAM read / KV bytes"
 TOP_STALLS = 4
 
 
@@ -87,7 +91,7 @@ def child_argv(args: argparse.Namespace, manifest: Path) -> List[str]:
 
 
 def collect_args() -> List[str]:
-    return [a for s in SECTIONS for a in ("--section", s)]
+    return [a for s in SECTIONS for a in ("--section", s)] + ["--metrics", ",".join(COUNTERS)]
 
 
 def child(args: argparse.Namespace) -> int:
@@ -121,7 +125,7 @@ def launches(text: str) -> List[Dict[str, Any]]:
 
 def aggregate(records: List[Dict[str, Any]]) -> Dict[Tuple[int, int, str], Dict[str, Any]]:
     """(batch, ctx, kernel) -> {duration_us, metrics, kernels_per_call, calls, kernel_names}: per call, each metric
-    weighted by its launches' durations and durations summed; then the mean over calls."""
+    weighted by its launches' durations (COUNTERS summed) and durations summed; then the mean over calls."""
     calls: Dict[Tuple, Dict[int, List[Dict[str, Any]]]] = {}
     for r in records:
         calls.setdefault((r["batch"], r["ctx"], r["kernel"]), {}).setdefault(r["call"], []).append(r)
@@ -132,7 +136,8 @@ def aggregate(records: List[Dict[str, Any]]) -> Dict[Tuple[int, int, str], Dict[
             dur = sum(k["duration_us"] or 0.0 for k in ks)
             w = [(k["duration_us"] or 0.0) / dur if dur > 0 else 1.0 / len(ks) for k in ks]
             names = {m for k in ks for m in k["metrics"]}
-            per.append((dur, {m: sum(wi * k["metrics"].get(m, 0.0) for wi, k in zip(w, ks)) for m in names}))
+            per.append((dur, {m: sum((1.0 if m in COUNTERS else wi) * k["metrics"].get(m, 0.0) for wi, k in zip(w, ks))
+                              for m in names}))
         names = {m for _, ms in per for m in ms}
         out[key] = {"duration_us": sum(d for d, _ in per) / len(per),
                     "metrics": {m: sum(ms.get(m, 0.0) for _, ms in per) / len(per) for m in sorted(names)},
@@ -141,8 +146,13 @@ def aggregate(records: List[Dict[str, Any]]) -> Dict[Tuple[int, int, str], Dict[
     return out
 
 
-def headline(metrics: Dict[str, float]) -> Dict[str, Optional[float]]:
-    return {title: next((metrics[p] for p in prefixes if p in metrics), None) for title, prefixes in HEADLINE}
+def headline(metrics: Dict[str, float], kv_bytes: float) -> Dict[str, Optional[float]]:
+    """HEADLINE's columns, and DRAM bytes read per KV byte (over 1: bytes fetched beyond the KV, e.g. whole sectors
+    or rows for partial ones; the q, page-table and partials' bytes are under 1 %)."""
+    out = {title: next((metrics[p] for p in prefixes if p in metrics), None) for title, prefixes in HEADLINE}
+    dram = metrics.get(COUNTERS[0])
+    out[DRAM_PER_KV] = dram / kv_bytes if dram is not None and kv_bytes > 0 else None
+    return out
 
 
 def top_stalls(metrics: Dict[str, float], n: int = TOP_STALLS) -> List[Tuple[str, float]]:
@@ -165,7 +175,7 @@ def build_rows(args: argparse.Namespace, man: Dict[str, Any], measured: Dict[Tup
             row: Dict[str, Any] = {"shape": nr.shape_fields(s, with_dtype=True), "kernel": name,
                                    "kv_mb": s.kv_bytes / 1e6, "duration_us": None, "skipped": None}
             if m:
-                row.update(m, max_rel_err=e.get("max_rel_err"), headline=headline(m["metrics"]),
+                row.update(m, max_rel_err=e.get("max_rel_err"), headline=headline(m["metrics"], s.kv_bytes),
                            top_stalls=top_stalls(m["metrics"]))
             else:
                 row["skipped"] = nr.skip_reason(e, missing_reason)
@@ -180,19 +190,20 @@ def render_md(doc: Dict[str, Any]) -> str:
            f"torch {v.get('torch')}, FlashInfer {v.get('flashinfer')}, sgl-kernel {v.get('sglang_kernel')}; "
            f"sections {', '.join(SECTIONS)}; clocks not locked, L2 flushed before each profiled launch. Stalls: "
            "warps stalled per issued instruction, by reason (largest first).\n"]
+    titles = [t for t, _ in HEADLINE]
     for heading, rows in nr.by_shape(doc.get("rows", [])):
         out.append(heading)
         table = []
         for r in rows:
             if r["skipped"] is not None:
-                table.append([r["kernel"], "", *([""] * len(HEADLINE)), f"skipped: {r['skipped']}"])
+                table.append([r["kernel"], "", *([""] * (len(HEADLINE) + 1)), f"skipped: {r['skipped']}"])
                 continue
             h = r["headline"]
             table.append([r["kernel"], rio.fmt_num(r["duration_us"]),
-                          *(rio.fmt_num(h[t]) if h[t] is not None else "—" for t, _ in HEADLINE),
+                          *(rio.fmt_num(h[t]) if h.get(t) is not None else "—" for t in (*titles, DRAM_PER_KV)),
                           ", ".join(f"{name} {val:.2f}" for name, val in r["top_stalls"]) or "—"])
-        out.append(rio.md_table(["kernel", "µs per call", *(t for t, _ in HEADLINE), "top stalls"], table,
-                                ["l", "r", *(["r"] * len(HEADLINE)), "l"]))
+        out.append(rio.md_table(["kernel", "µs per call", *titles, DRAM_PER_KV, "top stalls"], table,
+                                ["l", "r", *(["r"] * (len(HEADLINE) + 1)), "l"]))
     return "\n".join(out) + "\n"
 
 

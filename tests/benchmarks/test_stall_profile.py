@@ -15,13 +15,13 @@ LONG = "smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio
 BAR = "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio"
 MATH = "smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio"
 HEADER = ["ID", "Process ID", NVTX, "Kernel Name", nc.DURATION, ISSUE, WARPS, DRAM, LONG, BAR, MATH,
-          "launch__grid_size"]
-UNITS = ["", "", "", "", "nsecond", "%", "%", "%", "", "", "", ""]
+          "launch__grid_size", "dram__bytes_read.sum"]
+UNITS = ["", "", "", "", "nsecond", "%", "%", "%", "", "", "", "", "byte"]
 
 
-def launch(i, label, name, ns, issue, long_sb, barrier, math="0.1"):
+def launch(i, label, name, ns, issue, long_sb, barrier, math="0.1", dram="1000"):
     nvtx = f"<default domain>:l2tel:none <default domain>:{label}:none"
-    return [i, "7", nvtx, name, ns, issue, "40", "80", long_sb, barrier, math, "264"]
+    return [i, "7", nvtx, name, ns, issue, "40", "80", long_sb, barrier, math, "264", dram]
 
 
 def sample():
@@ -30,7 +30,7 @@ def sample():
     rows = [launch(0, kv(0), "paged_decode", "400,000", "30", "5.0", "1.0"),
             launch(1, kv(1), "paged_decode", "420,000", "32", "5.2", "1.2"),
             launch(2, fa(0), "flash_fwd", "300,000", "20", "8.0", "0.5"),     # 3/4 of the call's time
-            launch(3, fa(0), "flash_combine", "100,000", "60", "0.0", "4.5"),
+            launch(3, fa(0), "flash_combine", "100,000", "60", "0.0", "4.5", dram="200"),
             launch(4, "warmup", "elementwise", "1", "1", "1", "1")]
     return "\n".join(["==PROF== Connected", csv_line(HEADER), csv_line(UNITS), *map(csv_line, rows)]) + "\n"
 
@@ -88,13 +88,16 @@ def test_parser_weights_launches_by_duration_and_averages_calls():
     assert fa["duration_us"] == pytest.approx(400.0) and fa["kernels_per_call"] == [2]
     assert fa["metrics"][ISSUE] == pytest.approx(0.75 * 20 + 0.25 * 60)
     assert fa["metrics"]["launch__grid_size"] == pytest.approx(264)
+    assert fa["metrics"]["dram__bytes_read.sum"] == pytest.approx(1200)  # a counter: both launches' bytes
+    assert kv["metrics"]["dram__bytes_read.sum"] == pytest.approx(1000)
     assert nc.DURATION not in fa["metrics"]
 
 
 def test_headline_and_top_stalls():
-    metrics = {ISSUE: 31.0, DRAM: 80.0, LONG: 5.1, BAR: 1.1, MATH: 0.1}
-    h = sp.headline(metrics)
+    metrics = {ISSUE: 31.0, DRAM: 80.0, LONG: 5.1, BAR: 1.1, MATH: 0.1, "dram__bytes_read.sum": 1.5e6}
+    h = sp.headline(metrics, 1e6)
     assert h["issue active %"] == 31.0 and h["DRAM % of peak"] == 80.0 and h["warps active %"] is None
+    assert h[sp.DRAM_PER_KV] == pytest.approx(1.5) and sp.headline({}, 1e6)[sp.DRAM_PER_KV] is None
     assert sp.top_stalls(metrics, 2) == [("long_scoreboard", 5.1), ("barrier", 1.1)]
     assert sp.top_stalls({}) == []
 
@@ -105,9 +108,9 @@ def test_dry_run_names_the_sections_and_the_child(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "fp8_e4m3" in out and "kvprefetch_q8" in out
     cmd = out.split("command: ", 1)[1]
-    for part in ("--section WarpStateStats", "--nvtx-include l2tel/", "--child", "--fp8", "--kernels kvprefetch "):
+    for part in ("--section WarpStateStats", "--section LaunchStats", "--nvtx-include l2tel/", "--child", "--fp8",
+                 "--kernels kvprefetch ", "--metrics dram__bytes_read.sum,"):
         assert part in cmd
-    assert "--metrics" not in cmd
 
 
 def test_run_with_fake_ncu_writes_rows_skips_and_table(monkeypatch, tmp_path):
