@@ -93,6 +93,10 @@ def configs(which: str) -> list[DecodeConfig]:
                  for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False)]
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pid_ahead=True)
                  for fp8, d in ((True, 64), (False, 256))]
+        # experiment 46 (step_context_bench --kernels kvprefetch_s<N>_nopdl[_npa]): shallower rings launched plainly, so
+        # more blocks share an SM at large KV
+        cfgs += [make_config("bf16", False, d, 0, stages=n, gpu_name="NVIDIA H200", pdl=False, pid_ahead=pa)
+                 for d, n in ((64, 2), (64, 3), (128, 2)) for pa in (False, True)]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
