@@ -378,6 +378,18 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       }
     }
   };
+  // Experiment 47: this thread copies 16-byte chunk ld_chunk of rows ld_row + kLdRowStep * it of each tile. Where a
+  // step spans whole swizzle periods (8 rows, or 8 lines for short rows) the destinations step by a constant.
+  constexpr int kLdRowStep = C::kThreads / C::kChunksKV, kLdIters = C::kTile / kLdRowStep;
+  constexpr int kLdDstStep = kLdRowStep * C::kRowBytesKV;
+  constexpr bool kLdConstStep = C::kRowBytesKV >= 128 ? kLdRowStep % 8 == 0 : kLdDstStep % 1024 == 0;
+  static_assert(C::kThreads % C::kChunksKV == 0 && C::kTile % kLdRowStep == 0, "a tile is whole load steps");
+  const int ld_row = tid / C::kChunksKV, ld_chunk = tid % C::kChunksKV;
+  const int ld_dst = swz_rows<C::kRowBytesKV>(ld_row, ld_chunk);
+  const int ld_col = ld_chunk * (16 / int(sizeof(TKV)));
+  auto ld_dst_at = [&](int it) {
+    return kLdConstStep ? ld_dst + it * kLdDstStep : swz_rows<C::kRowBytesKV>(ld_row + it * kLdRowStep, ld_chunk);
+  };
   // early (experiment 38): before griddepcontrol.wait nothing is issued for the newest token's rows, which the kernel
   // before this one may still be writing; they are loaded after the wait
   auto load_tile = [&](int tile, bool early = false) {
@@ -401,20 +413,27 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       return;
     }
 #endif
-    const int64_t* r_off = rows + (tile % C::kSlots) * C::kTile;
+    const int64_t* r_off = rows + (tile % C::kSlots) * C::kTile + ld_row;
     uint8_t* ks = smem + C::kOffK + stage * C::kStageBytes;
     uint8_t* vs = smem + C::kOffV + stage * C::kStageBytes;
+    if (!(KVP_EARLY_KV && early) && tok_beg + (tile + 1) * C::kTile <= tok_end) {  // every row valid: no zero-fill
 #pragma unroll
-    for (int it = 0; it < C::kTile * C::kChunksKV / C::kThreads; ++it) {
-      const int i = tid + it * C::kThreads;
-      const int r = i / C::kChunksKV, c = i % C::kChunksKV;
+      for (int it = 0; it < kLdIters; ++it) {
+        const int64_t src = r_off[it * kLdRowStep] + ld_col;
+        cp_async_16(ks + ld_dst_at(it), kbase + src);
+        cp_async_16(vs + ld_dst_at(it), vbase + src);
+      }
+      return;
+    }
+#pragma unroll
+    for (int it = 0; it < kLdIters; ++it) {
+      const int r = ld_row + it * kLdRowStep;
       if (KVP_EARLY_KV && early && tok_beg + tile * C::kTile + r == len - 1) continue;
-      const int64_t off = r_off[r];
+      const int64_t off = r_off[it * kLdRowStep];
       const bool valid = off >= 0;
-      const int64_t src = (valid ? off : 0) + c * (16 / int(sizeof(TKV)));
-      const int dst = swz_rows<C::kRowBytesKV>(r, c);
-      cp_async_16(ks + dst, kbase + src, valid);
-      cp_async_16(vs + dst, vbase + src, valid);
+      const int64_t src = (valid ? off : 0) + ld_col;
+      cp_async_16(ks + ld_dst_at(it), kbase + src, valid);
+      cp_async_16(vs + ld_dst_at(it), vbase + src, valid);
     }
   };
 
@@ -572,13 +591,14 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
     }
     // online softmax in the log2 domain; rows lane/4 (elements 0,1) and lane/4+8 (elements 2,3)
     float mx[2] = {-CUDART_INF_F, -CUDART_INF_F};
+    const bool warp_full = warp_tok0 + 16 <= tok_end;  // warp-uniform: only a split's last tile masks (experiment 47)
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int tok = warp_tok0 + nt * 8 + (lane & 3) * 2 + (e & 1);
         float x = p.has_cap ? p.score_post * tanhf(s[nt][e] * p.score_pre) : s[nt][e] * p.score_pre;
-        x = tok < tok_end ? x : -CUDART_INF_F;
+        if (!warp_full) x = tok < tok_end ? x : -CUDART_INF_F;
         s[nt][e] = x;
         mx[e >> 1] = fmaxf(mx[e >> 1], x);
       }
