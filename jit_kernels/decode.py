@@ -110,7 +110,7 @@ class BatchDecodeWithPagedKVCache:
     whose active blocks are fewer than half the SMs release the next launch after its main loop instead (experiments
     40, 41). ``pid_ahead`` (None: ``pid_ahead_default``: on an H200 with the early loads, and for 16-bit KV at
     head_dim 64) loads the main loop's page ids four iterations before their rows are needed instead of one
-    (experiment 44).
+    (experiment 44). ``old_loads`` builds the tile copy as before experiment 47, for its A/B.
     """
 
     def __init__(
@@ -138,6 +138,7 @@ class BatchDecodeWithPagedKVCache:
         early_kv: bool | None = None,
         adaptive_release: bool | None = None,
         pid_ahead: bool | None = None,
+        old_loads: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -182,7 +183,7 @@ class BatchDecodeWithPagedKVCache:
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
-                           ("page_prefetch", page_prefetch), ("tma", tma)):
+                           ("page_prefetch", page_prefetch), ("tma", tma), ("old_loads", old_loads)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
         if pid_ahead is not None and not isinstance(pid_ahead, bool):
@@ -205,7 +206,7 @@ class BatchDecodeWithPagedKVCache:
         gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
-                                  cluster_merge, page_prefetch, tma, early_kv, pid_ahead)
+                                  cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads)
         if early_kv and (not self.config.pdl or tma):
             raise ValueError(f"early_kv: expected False unless the launch uses PDL (pdl resolved to "
                              f"{self.config.pdl}) on the cp.async path (tma={tma})")

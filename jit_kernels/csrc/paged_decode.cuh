@@ -48,6 +48,9 @@
 #ifndef KVP_PID_AHEAD
 #define KVP_PID_AHEAD 1  // iterations between a page id's load and its use in the main loop (experiment 44)
 #endif
+#ifndef KVP_OLD_LOADS
+#define KVP_OLD_LOADS 0  // experiment 47's A/B: the tile copy and softmax mask as before it (zero-fill on every row)
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -413,9 +416,25 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       return;
     }
 #endif
-    const int64_t* r_off = rows + (tile % C::kSlots) * C::kTile + ld_row;
     uint8_t* ks = smem + C::kOffK + stage * C::kStageBytes;
     uint8_t* vs = smem + C::kOffV + stage * C::kStageBytes;
+#if KVP_OLD_LOADS
+    const int64_t* r_all = rows + (tile % C::kSlots) * C::kTile;
+#pragma unroll
+    for (int it = 0; it < C::kTile * C::kChunksKV / C::kThreads; ++it) {
+      const int i = tid + it * C::kThreads;
+      const int r = i / C::kChunksKV, c = i % C::kChunksKV;
+      if (KVP_EARLY_KV && early && tok_beg + tile * C::kTile + r == len - 1) continue;
+      const int64_t off = r_all[r];
+      const bool valid = off >= 0;
+      const int64_t src = (valid ? off : 0) + c * (16 / int(sizeof(TKV)));
+      const int dst = swz_rows<C::kRowBytesKV>(r, c);
+      cp_async_16(ks + dst, kbase + src, valid);
+      cp_async_16(vs + dst, vbase + src, valid);
+    }
+    return;
+#endif
+    const int64_t* r_off = rows + (tile % C::kSlots) * C::kTile + ld_row;
     if (!(KVP_EARLY_KV && early) && tok_beg + (tile + 1) * C::kTile <= tok_end) {  // every row valid: no zero-fill
 #pragma unroll
       for (int it = 0; it < kLdIters; ++it) {
@@ -598,7 +617,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       for (int e = 0; e < 4; ++e) {
         const int tok = warp_tok0 + nt * 8 + (lane & 3) * 2 + (e & 1);
         float x = p.has_cap ? p.score_post * tanhf(s[nt][e] * p.score_pre) : s[nt][e] * p.score_pre;
-        if (!warp_full) x = tok < tok_end ? x : -CUDART_INF_F;
+        if (KVP_OLD_LOADS || !warp_full) x = tok < tok_end ? x : -CUDART_INF_F;
         s[nt][e] = x;
         mx[e >> 1] = fmaxf(mx[e >> 1], x);
       }
