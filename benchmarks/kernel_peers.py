@@ -179,7 +179,7 @@ class KvPrefetch(Kernel):
     early_kv: Optional[bool] = None  # None: the product default (with PDL on an H200's three families)
     adaptive_release: Optional[bool] = None  # None: the product default (small batch-1 grids release late)
     pid_ahead: Optional[bool] = None  # None: the product default (pid_ahead_default)
-    old_loads = False  # experiment 47's A/B: the tile copy as before it
+    old_loads: Optional[bool] = None  # None: the product default (old_loads_default); True: the copy before exp. 47
     grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
@@ -237,7 +237,7 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
             grid: Optional[int] = None, two_blocks: bool = False, late_trigger: Optional[bool] = None,
             cluster_merge: bool = False, page_prefetch: bool = False, tma: bool = False,
             early_kv: bool = False, adaptive_release: Optional[bool] = None,
-            pid_ahead: Optional[bool] = None, old_loads: bool = False) -> type:
+            pid_ahead: Optional[bool] = None, old_loads: Optional[bool] = None) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
     fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), at most two blocks per SM

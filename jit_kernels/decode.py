@@ -110,7 +110,8 @@ class BatchDecodeWithPagedKVCache:
     whose active blocks are fewer than half the SMs release the next launch after its main loop instead (experiments
     40, 41). ``pid_ahead`` (None: ``pid_ahead_default``: on an H200 with the early loads, and for 16-bit KV at
     head_dim 64) loads the main loop's page ids four iterations before their rows are needed instead of one
-    (experiment 44). ``old_loads`` builds the tile copy as before experiment 47, for its A/B.
+    (experiment 44). ``old_loads`` (None: ``old_loads_default``: 16-bit KV at head_dim 64 launched plainly) builds the
+    tile copy as before experiment 47.
     """
 
     def __init__(
@@ -138,7 +139,7 @@ class BatchDecodeWithPagedKVCache:
         early_kv: bool | None = None,
         adaptive_release: bool | None = None,
         pid_ahead: bool | None = None,
-        old_loads: bool = False,
+        old_loads: bool | None = None,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -183,11 +184,12 @@ class BatchDecodeWithPagedKVCache:
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
-                           ("page_prefetch", page_prefetch), ("tma", tma), ("old_loads", old_loads)):
+                           ("page_prefetch", page_prefetch), ("tma", tma)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
-        if pid_ahead is not None and not isinstance(pid_ahead, bool):
-            raise ValueError(f"pid_ahead: expected a bool or None, got {pid_ahead!r}")
+        for name, opt in (("pid_ahead", pid_ahead), ("old_loads", old_loads)):
+            if opt is not None and not isinstance(opt, bool):
+                raise ValueError(f"{name}: expected a bool or None, got {opt!r}")
         if early_kv is not None and not isinstance(early_kv, bool):
             raise ValueError(f"early_kv: expected a bool or None, got {early_kv!r}")
         if late_trigger is not None and not isinstance(late_trigger, bool):

@@ -86,7 +86,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                 two_blocks: bool = False, late_trigger: bool | None = None, gpu_name: str = "",
                 cluster_merge: bool = False, page_prefetch: bool = False,
                 tma: bool = False, early_kv: bool | None = None, pid_ahead: bool | None = None,
-                old_loads: bool = False) -> DecodeConfig:
+                old_loads: bool | None = None) -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (None:
     ``f16_math_default``); ``lazy_rescale`` skips the output rescale while no row max grows by more than 2^8 (None:
@@ -100,7 +100,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     the K/V tiles with TMA boxes where the pool's rows are 128 bytes and pages hold 16 tokens or more; ``early_kv``
     (with ``pdl``; None: ``early_kv_default``) loads the ring's first tiles, all but each request's newest token,
     before the PDL wait; ``pid_ahead`` (None: ``pid_ahead_default``) loads the main loop's page ids four iterations
-    ahead instead of one; ``old_loads`` builds the tile copy as before experiment 47 (its A/B).
+    ahead instead of one; ``old_loads`` builds the tile copy as before experiment 47 (None: ``old_loads_default``).
     ``gpu_name`` (``torch.cuda.get_device_name``) picks the defaults measured on that card; "" means the H100's."""
     if f16_math is None:
         f16_math = f16_math_default(q_dtype, kv_fp8, head_dim, fp8_q)
@@ -112,6 +112,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
         early_kv = pdl and not tma and early_kv_default(kv_fp8, head_dim, gpu_name)
     if pid_ahead is None:
         pid_ahead = pid_ahead_default(kv_fp8, head_dim, gpu_name, early_kv)
+    if old_loads is None:
+        old_loads = old_loads_default(kv_fp8, head_dim, pdl)
     if late_trigger is None:  # with the early loads, small batch-1 grids release late at run time instead
         late_trigger = pdl and not early_kv and late_trigger_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
@@ -167,6 +169,15 @@ def pid_ahead_default(kv_fp8: bool, head_dim: int, gpu_name: str = "", early_kv:
     plainly (SGLang's default): head_dim 64 −2 … −4 % (1 × 4K +2 %), bf16 head_dim 128 +0 … +2 % (so off), fp8
     unmeasured (off). The H100 is unmeasured; the shallow-ring twin keeps one iteration (``wide_config``)."""
     return "H200" in gpu_name and (early_kv or (head_dim, kv_fp8) == (64, False))
+
+
+def old_loads_default(kv_fp8: bool, head_dim: int, pdl: bool) -> bool:
+    """The tile copy as before experiment 47 for 16-bit KV at head_dim 64 launched plainly: the served 1B's module.
+    There, at page 1 (SGLang's default), experiment 47's copy measured +4 … +6 % at the latency class (1 × 16K 18.51
+    → 19.59 µs, 4 × 4K 16.98 → 18.05 in the simulated step, one process) and −1 % at large KV; at page 16 −2 … −4 %
+    at large KV. Everywhere else it measured level or faster (PDL grids −2 … −8 % on the long shapes, 8B plain −0.5 …
+    −2 %), so it is the default there."""
+    return head_dim == 64 and not kv_fp8 and not pdl
 
 
 def f16_math_default(q_dtype: str, kv_fp8: bool, head_dim: int, fp8_q: bool = False) -> bool:

@@ -97,10 +97,10 @@ def configs(which: str) -> list[DecodeConfig]:
         # more blocks share an SM at large KV
         cfgs += [make_config("bf16", False, d, 0, stages=n, gpu_name="NVIDIA H200", pdl=False, pid_ahead=pa)
                  for d, n in ((64, 2), (64, 3), (128, 2)) for pa in (False, True)]
-        # experiment 47's A/B (kernel_bench / step_context_bench --kernels kvprefetch_ol, kvprefetch_nopdl_ol): the H200
-        # defaults of the three families with the tile copy as before it, with PDL and without
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, old_loads=True)
-                 for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False)]
+        # experiment 47's A/B (kernel_bench / step_context_bench --kernels kvprefetch_ol, kvprefetch_nopdl_nol, ...):
+        # the H200 defaults of the three families with the tile copy before it and after it, with PDL and without
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, old_loads=ol)
+                 for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False) for ol in (False, True)]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module

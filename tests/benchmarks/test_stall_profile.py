@@ -38,13 +38,13 @@ def sample():
 def test_kernel_names_and_variants():
     assert kg.parse_variant("kvprefetch") == {} and kg.parse_variant("kvprefetch_d0") == {}
     assert kg.parse_variant("kvprefetch_s6_pdl") == {"stages": 6, "pdl": True, "fp8_q": False, "f16_math": False, "lazy_rescale": False,
-                                                     "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": False, "splits": None,
+                                                     "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": None, "splits": None,
                                                      "grid": None}
     assert kg.parse_variant("kvprefetch_q8_x2") == {"stages": None, "pdl": None, "fp8_q": True, "f16_math": False, "lazy_rescale": False,
-                                                    "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": False, "splits": 2,
+                                                    "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": None, "splits": 2,
                                                     "grid": None}
     assert kg.parse_variant("kvprefetch_h16") == {"stages": None, "pdl": None, "fp8_q": False, "f16_math": True, "lazy_rescale": False,
-                                                  "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": False, "splits": None,
+                                                  "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": None, "splits": None,
                                                   "grid": None}
     assert kg.variant_name(f16_math=True) == "kvprefetch_h16"
     assert kg.variant_name(pdl=False) == "kvprefetch_nopdl" and kg.parse_variant("kvprefetch_nopdl")["pdl"] is False
@@ -72,6 +72,7 @@ def test_kernel_names_and_variants():
     assert kg.parse_variant("kvprefetch_s3_pp") == {**kg.parse_variant("kvprefetch_s3"), "page_prefetch": True}
     assert kg.parse_variant("kvprefetch_x16g33")["splits"] == 16 and kg.parse_variant("kvprefetch_x16g33")["grid"] == 33
     assert kg.variant_name(pdl=False, old_loads=True) == "kvprefetch_nopdl_ol"
+    assert kg.parse_variant("kvprefetch_nopdl_nol")["old_loads"] is False
     assert kg.parse_variant("kvprefetch_nopdl_ol_x4") == {**kg.parse_variant("kvprefetch_nopdl_x4"), "old_loads": True}
     assert kg.parse_variant("kvprefetch_") is None and kg.parse_variant("fa3") is None
     with pytest.raises(SystemExit):

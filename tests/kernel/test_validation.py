@@ -46,7 +46,7 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(adaptive_release=1), "adaptive_release"),
     (dict(pid_ahead=4), "pid_ahead"),
     (dict(pid_ahead="yes"), "pid_ahead"),
-    (dict(old_loads=None), "old_loads"),
+    (dict(old_loads=1), "old_loads"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
