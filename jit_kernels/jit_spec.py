@@ -56,7 +56,7 @@ class DecodeConfig:
     tma: bool = False  # K/V tiles by TMA where the pool allows it (128-byte rows, page >= 16; experiment 37)
     early_kv: bool = False  # with pdl: the first tiles load before griddepcontrol.wait, but the newest token (exp. 38)
     pid_ahead: bool = False  # the main loop's page ids load four iterations ahead instead of one (experiment 44)
-    old_loads: bool = False  # experiment 47's A/B: the tile copy as before it, zero-fill operand on every row
+    old_loads: bool = False  # the tile copy as before experiment 47, zero-fill operand on every row (old_loads_default)
 
     def defines(self) -> list[str]:
         return [
@@ -176,7 +176,7 @@ def old_loads_default(kv_fp8: bool, head_dim: int, pdl: bool) -> bool:
     There, at page 1 (SGLang's default), experiment 47's copy measured +4 … +6 % at the latency class (1 × 16K 18.51
     → 19.59 µs, 4 × 4K 16.98 → 18.05 in the simulated step, one process) and −1 % at large KV; at page 16 −2 … −4 %
     at large KV. Everywhere else it measured level or faster (PDL grids −2 … −8 % on the long shapes, 8B plain −0.5 …
-    −2 %), so it is the default there."""
+    −2 %), so it is the default there. Measured on an H200; the H100 takes the same rule unmeasured."""
     return head_dim == 64 and not kv_fp8 and not pdl
 
 
