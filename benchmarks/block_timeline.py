@@ -41,6 +41,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--two-blocks", action="store_true", help="both modules with at most two blocks per SM (exp. 21)")
     ap.add_argument("--late-trigger", action="store_true",
                     help="with --pdl: release the next launch after the main loop (experiment 23)")
+    ap.add_argument("--copy", choices=("old", "new"), default=None,
+                    help="both modules with the tile copy before / after experiment 47 (default: the product's)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     args.shape_list = parse_shapes(args.shapes)
@@ -52,7 +54,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def measure(shape, layers: int, device, pdl: Optional[bool] = None, grid_splits=None, two_blocks: bool = False,
-            late_trigger: bool = False) -> dict:
+            late_trigger: bool = False, old_loads: Optional[bool] = None) -> dict:
     import torch
 
     from kernel_peers import Q_TORCH, Problem, _fixed_splits
@@ -63,7 +65,8 @@ def measure(shape, layers: int, device, pdl: Optional[bool] = None, grid_splits=
     wrappers = {}
     for trace in (False, True):
         w = cls(shape.num_qo_heads, shape.num_kv_heads, shape.head_dim, shape.page_size, Q_TORCH, prob.kv_dtype, device,
-                max_batch_size=256, trace=trace, pdl=pdl, two_blocks=two_blocks, late_trigger=late_trigger or None)
+                max_batch_size=256, trace=trace, pdl=pdl, two_blocks=two_blocks, late_trigger=late_trigger or None,
+                old_loads=old_loads)
         w.plan(prob.kv_indptr, prob.kv_indices, prob.kv_last_page_len)
         wrappers[trace] = w
     out = torch.empty_like(prob.q)
@@ -105,11 +108,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device("cuda", torch.cuda.current_device())
     props = torch.cuda.get_device_properties(device)
     pdl = True if args.pdl else False if args.no_pdl else None  # None: the product default
+    old_loads = {"old": True, "new": False}.get(args.copy)
     rows = []
     for batch, ctx in args.shape_list:
         shape = kg.Shape(batch, ctx, args.page_size, 32, 8, args.head_dim, args.kv)
         layers = max(2, min(args.layers, int(0.6 * torch.cuda.mem_get_info()[0] // max(shape.pool_bytes, 1))))
-        rows.append(measure(shape, layers, device, pdl, args.grid_splits, args.two_blocks, args.late_trigger))
+        rows.append(measure(shape, layers, device, pdl, args.grid_splits, args.two_blocks, args.late_trigger, old_loads))
         r = rows[-1]
         print(f"{r['shape']}: {r['us_per_layer']:.1f} us/layer (trace build {r['us_per_layer_trace']:.1f}), "
               f"span {r['summary']['median']['span']:.1f} us, err {r['max_rel_err']:.1e}", flush=True)
@@ -117,12 +121,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     doc = {"device": props.name, "sms": props.multi_processor_count, **rio.stamp(),
            "config": {"page_size": args.page_size, "kv": args.kv, "head_dim": args.head_dim,
                       "pdl_flag": {True: "pdl", False: "no_pdl"}.get(pdl), "grid_splits": args.grid_splits,
-                      "two_blocks": args.two_blocks, "late_trigger": args.late_trigger},
+                      "two_blocks": args.two_blocks, "late_trigger": args.late_trigger, "copy": args.copy},
            "rows": rows}
     slug += {True: "-pdl", False: "-nopdl"}.get(pdl, "")
     slug += f"-x{args.grid_splits[0]}g{args.grid_splits[1]}" if args.grid_splits else ""
     slug += "-b2" if args.two_blocks else ""
     slug += "-lt" if args.late_trigger else ""
+    slug += {"old": "-ol", "new": "-nol"}.get(args.copy, "")
     rio.write_json(args.out / f"timeline-{slug}.json", doc)
     md = (f"# Block timeline (experiment 18) — {props.name}\n\ncommit `{doc['commit']}`; page {args.page_size}, "
           f"KV {args.kv}, head_dim {args.head_dim}, 32/8 heads{ {True: ', PDL', False: ', no PDL'}.get(pdl, '')}; "

@@ -101,6 +101,9 @@ def configs(which: str) -> list[DecodeConfig]:
         # the H200 defaults of the three families with the tile copy before it and after it, with PDL and without
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, old_loads=ol)
                  for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False) for ol in (False, True)]
+        # session 20's block timelines of experiment 47's two copies (block_timeline.py --no-pdl --copy old|new)
+        cfgs += [make_config("bf16", False, 64, 0, gpu_name="NVIDIA H200", pdl=False, trace=True, old_loads=ol)
+                 for ol in (False, True)]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
