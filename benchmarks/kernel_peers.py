@@ -180,6 +180,7 @@ class KvPrefetch(Kernel):
     adaptive_release: Optional[bool] = None  # None: the product default (small batch-1 grids release late)
     pid_ahead: Optional[bool] = None  # None: the product default (pid_ahead_default)
     old_loads: Optional[bool] = None  # None: the product default (old_loads_default); True: the copy before exp. 47
+    short_blocks: Optional[int] = None  # None: SHORT_BLOCKS_PER_SM; n: short requests' splits planned for n per SM
     grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
@@ -191,12 +192,14 @@ class KvPrefetch(Kernel):
         key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance,
                self.stages, self.pdl, self.fp8_q, self.f16_math, self.lazy_rescale, self.splits, self.grid,
                self.two_blocks, self.late_trigger, self.cluster_merge, self.page_prefetch,
-               self.tma, self.early_kv, self.adaptive_release, self.pid_ahead, self.old_loads)
+               self.tma, self.early_kv, self.adaptive_release, self.pid_ahead, self.old_loads, self.short_blocks)
         w = cache.wrappers.get(key)
         if w is None:
             cls = BatchDecodeWithPagedKVCache
             if self.splits:
                 cls = _fixed_splits(cls, self.splits, self.grid)
+            elif self.short_blocks:
+                cls = _short_blocks(cls, self.short_blocks)
             w = cls(s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, Q_TORCH, prob.kv_dtype, prob.device,
                     max_batch_size=256, prefetch_distance=self.distance, stages=self.stages, pdl=self.pdl,
                     fp8_q=self.fp8_q, f16_math=self.f16_math, lazy_rescale=self.lazy_rescale,
@@ -227,6 +230,18 @@ def _fixed_splits(wrapper_cls: type, splits: int, grid: Optional[int] = None) ->
     return type(f"{wrapper_cls.__name__}Splits{splits}" + (f"Grid{grid}" if grid else ""), (wrapper_cls,), fixed)
 
 
+def _short_blocks(wrapper_cls: type, blocks_per_sm: int) -> type:
+    """The wrapper with the split count of short requests planned for ``blocks_per_sm`` blocks per SM instead of
+    SHORT_BLOCKS_PER_SM (experiment 48); the kernel still clamps it to the grid's split count."""
+    def load(self):
+        if self._module is None:
+            wrapper_cls.load(self)
+            sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+            self.short_target_blocks = sms * blocks_per_sm
+        return self
+    return type(f"{wrapper_cls.__name__}ShortBlocks{blocks_per_sm}", (wrapper_cls,), {"load": load})
+
+
 class KvPrefetchD0(KvPrefetch):
     name = "kvprefetch_d0"
     distance = 0
@@ -237,7 +252,8 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
             grid: Optional[int] = None, two_blocks: bool = False, late_trigger: Optional[bool] = None,
             cluster_merge: bool = False, page_prefetch: bool = False, tma: bool = False,
             early_kv: bool = False, adaptive_release: Optional[bool] = None,
-            pid_ahead: Optional[bool] = None, old_loads: Optional[bool] = None) -> type:
+            pid_ahead: Optional[bool] = None, old_loads: Optional[bool] = None,
+            short_blocks: Optional[int] = None) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
     fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), at most two blocks per SM
@@ -245,17 +261,18 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
     (``kvprefetch_cm``), whole-token-row L2 prefetch (``kvprefetch_pp``), TMA tile loads (``kvprefetch_tma``), KV loads before the PDL
     wait (``kvprefetch_pdl_ek``), no late release for small batch-1 grids (``kvprefetch_nar``), page ids four loop
     iterations ahead or one (``kvprefetch_pa`` / ``kvprefetch_npa``), the tile copy as before experiment 47
-    (``kvprefetch_ol``), a fixed split count
+    (``kvprefetch_ol``), short requests' splits planned for n blocks per SM (``kvprefetch_sb<n>``), a fixed split count
     (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's default."""
     name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid, two_blocks, late_trigger,
-                        cluster_merge, page_prefetch, tma, early_kv, adaptive_release, pid_ahead, old_loads)
+                        cluster_merge, page_prefetch, tma, early_kv, adaptive_release, pid_ahead, old_loads,
+                        short_blocks)
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
                                       "grid": grid if splits else None, "two_blocks": two_blocks,
                                       "late_trigger": late_trigger, "cluster_merge": cluster_merge,
                                       "page_prefetch": page_prefetch, "tma": tma,
                                       "early_kv": early_kv or None,  # None: the product default
                                       "adaptive_release": adaptive_release, "pid_ahead": pid_ahead,
-                                      "old_loads": old_loads,
+                                      "old_loads": old_loads, "short_blocks": short_blocks,
                                       "f16_math": f16_math or None,  # None: the product default
                                       "lazy_rescale": lazy_rescale or None})
 
