@@ -80,9 +80,8 @@ class BatchDecodeWithPagedKVCache:
     ``kv_indices [nnz_pages]`` and ``kv_last_page_len [B]`` (int32).
 
     Experiments (the tuned defaults are what the benchmarks report): ``stages`` overrides the cp.async ring depth
-    (None: the tuned table, and on an H200 for fp8 KV at head_dim 128 and 16-bit KV at head_dim 64, and for 16-bit KV
-    at head_dim 128 launched plainly, a shallower twin module for the batches that fill every SM, ``uses_wide``;
-    experiments 28 and 48);
+    (None: the tuned table, and on an H200 for fp8 KV at head_dim 128 and 16-bit KV at head_dim 64 a shallower twin
+    module for the batches that fill every SM, ``uses_wide``; experiments 28 and 48);
     ``pdl`` (None: ``pdl_default``, on for 16-bit KV at head_dim 64 and 128, at 64 not on an H200) launches with
     programmatic dependent launch: each block lets the next kernel in the stream launch (at its start, or after its
     main loop with ``late_trigger``), and warms L2 with its first tiles while the previous kernel finishes (it waits

@@ -123,24 +123,22 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
 
 # The shallower ring of the modules that fit three blocks per SM: it fits four, for grids that fill them (experiment 28)
 WIDE_STAGES = {(64, False): 3, (128, True): 3}
-# launched plainly (SGLang's default), 16-bit KV at head_dim 128 has one too: 2-deep, three blocks per SM instead of
-# two (experiment 48: −3 … −5 % from batch 8 at 4K and longer, 8B shape)
-PLAIN_WIDE_STAGES = {(128, False): 2}
 
 
 def wide_config(cfg: DecodeConfig, gpu_name: str = "") -> DecodeConfig | None:
     """The module the op runs where the batch fills every SM (``BatchDecodeWithPagedKVCache.uses_wide``): ``cfg``
     with the shallower ring, for the table's own ring depth of fp8 KV at head_dim 128 and 16-bit KV at head_dim 64,
-    and of 16-bit KV at head_dim 128 launched plainly, on an H200 (experiments 27, 28: −8 … −31 % at batch ≥ 25,
-    +6 … +10 % at 32 × 512; experiment 48; the H100 is unmeasured).
+    on an H200 (experiments 27, 28: −8 … −31 % at batch ≥ 25, +6 … +10 % at 32 × 512; the H100 is unmeasured).
+    16-bit KV at head_dim 128 launched plainly has none: a 2-deep ring (three blocks per SM) won 3–5 % from batch 8 at
+    4K and longer but lost 8 % at 64 × 1K, where one split per request leaves its second wave a third full
+    (experiment 48).
     None elsewhere, and for the experiments that size the launch themselves (``two_blocks``, ``trace``). The twin
     loads its page ids one iteration ahead: with four blocks per SM the chain ``pid_ahead`` shortens is hidden, and
     the longer lookahead measured +0.4 … +2.4 % on its shapes (experiment 44)."""
     key = (cfg.head_dim, cfg.kv_fp8)
-    stages = WIDE_STAGES.get(key) or (None if cfg.pdl else PLAIN_WIDE_STAGES.get(key))
-    if stages is None or cfg.stages != STAGES[key] or cfg.two_blocks or cfg.trace or "H200" not in gpu_name:
+    if key not in WIDE_STAGES or cfg.stages != STAGES[key] or cfg.two_blocks or cfg.trace or "H200" not in gpu_name:
         return None
-    return dataclasses.replace(cfg, stages=stages, pid_ahead=False)
+    return dataclasses.replace(cfg, stages=WIDE_STAGES[key], pid_ahead=False)
 
 
 def pdl_default(kv_fp8: bool, head_dim: int, gpu_name: str = "") -> bool:
