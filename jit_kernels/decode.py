@@ -23,9 +23,6 @@ MIN_CHUNK_TOKENS = 128  # two 64-token tiles: all four warps busy, and few parti
 # Blocks per SM the split count of short requests is planned for (the kernel's split_chunk): modules that fit three
 # (fp8, head_dim 64) ran the 25-us class 8-15 % faster with the splits of two (NOTES.md, runs 7 and 8).
 SHORT_BLOCKS_PER_SM = 2
-# Launched plainly with 16-bit KV, the shallow twin runs every batch with at least this many (request, kv head) pairs
-# (experiment 48, 8 kv heads: batch 8 −3 … −11 % at 1B and 8B sizes from 4K tokens; batch 2 … 4 lost up to 8 % at 4K)
-PLAIN_WIDE_PAIRS = 64
 DEFAULT_PREFETCH_DISTANCE = 0  # tiles of 64 tokens; on the H100 every distance > 0 measured slower (NOTES.md, run 2)
 _LOG2E = 1.4426950408889634
 
@@ -81,7 +78,7 @@ class BatchDecodeWithPagedKVCache:
 
     Experiments (the tuned defaults are what the benchmarks report): ``stages`` overrides the cp.async ring depth
     (None: the tuned table, and on an H200 for fp8 KV at head_dim 128 and 16-bit KV at head_dim 64 a shallower twin
-    module for the batches that fill every SM, ``uses_wide``; experiments 28 and 48);
+    module for the batches that fill every SM, ``uses_wide``; experiment 28);
     ``pdl`` (None: ``pdl_default``, on for 16-bit KV at head_dim 64 and 128, at 64 not on an H200) launches with
     programmatic dependent launch: each block lets the next kernel in the stream launch (at its start, or after its
     main loop with ``late_trigger``), and warms L2 with its first tiles while the previous kernel finishes (it waits
@@ -286,8 +283,7 @@ class BatchDecodeWithPagedKVCache:
     def uses_wide(self, batch_size: int) -> bool:
         """Whether ``batch_size`` runs on the shallow-ring module (experiment 28): where even one split per (request,
         kv head) fills more than half the deep module's slots. Below that its plan for short requests is the same
-        and the deeper ring keeps more bytes in flight per block. Launched plainly with 16-bit KV, from
-        PLAIN_WIDE_PAIRS (request, kv head) pairs (experiment 48)."""
+        and the deeper ring keeps more bytes in flight per block."""
         return self._wide is not None and batch_size >= self._first_wide_batch()
 
     def config_for(self, batch_size: int):
@@ -311,12 +307,8 @@ class BatchDecodeWithPagedKVCache:
         return desc
 
     def _first_wide_batch(self) -> int:
-        """The smallest batch with 2 x batch x kv_heads > the deep module's slots; launched plainly with 16-bit KV,
-        the smallest with PLAIN_WIDE_PAIRS (request, kv head) pairs, where that comes first."""
-        first = self.target_blocks // (2 * self.num_kv_heads) + 1
-        if not self.config.pdl and not self.config.kv_fp8:
-            first = min(first, -(-PLAIN_WIDE_PAIRS // self.num_kv_heads))
-        return first
+        """The smallest batch with 2 x batch x kv_heads > the deep module's slots."""
+        return self.target_blocks // (2 * self.num_kv_heads) + 1
 
     # ---- per decode step
     def plan(self, kv_indptr: torch.Tensor, kv_indices: torch.Tensor, kv_last_page_len: torch.Tensor,

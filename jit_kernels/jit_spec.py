@@ -129,9 +129,6 @@ def wide_config(cfg: DecodeConfig, gpu_name: str = "") -> DecodeConfig | None:
     """The module the op runs where the batch fills every SM (``BatchDecodeWithPagedKVCache.uses_wide``): ``cfg``
     with the shallower ring, for the table's own ring depth of fp8 KV at head_dim 128 and 16-bit KV at head_dim 64,
     on an H200 (experiments 27, 28: −8 … −31 % at batch ≥ 25, +6 … +10 % at 32 × 512; the H100 is unmeasured).
-    16-bit KV at head_dim 128 launched plainly has none: a 2-deep ring (three blocks per SM) won 3–5 % from batch 8 at
-    4K and longer but lost 8 % at 64 × 1K, where one split per request leaves its second wave a third full
-    (experiment 48).
     None elsewhere, and for the experiments that size the launch themselves (``two_blocks``, ``trace``). The twin
     loads its page ids one iteration ahead: with four blocks per SM the chain ``pid_ahead`` shortens is hidden, and
     the longer lookahead measured +0.4 … +2.4 % on its shapes (experiment 44)."""

@@ -430,30 +430,6 @@ def test_wide_module_runs_the_batches_that_fill_every_sm(kv_fp8, d):
         assert check(lens, hq=32, hkv=8, d=d, page=16, fp8=kv_fp8, pf=0, seed=batch) < (3e-2 if kv_fp8 else 1e-2)
 
 
-@pytest.mark.parametrize("d,page", [(64, 1), (64, 16)])
-def test_plain_launch_twin_from_eight_requests(d, page):
-    """Experiment 48: launched plainly (the server's launch) with 16-bit KV, 8 requests of 8 kv heads run on the
-    shallow twin on an H200; on both sides of the switch the output is as close to the float64 reference as the deep
-    module's, ragged lengths, every page poisoned output."""
-    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
-    from kvprefetch.jit_kernels.jit_spec import STAGES
-
-    w = BatchDecodeWithPagedKVCache(32, 8, d, page, torch.bfloat16, torch.bfloat16, "cuda", pdl=False).load()
-    if "H200" not in torch.cuda.get_device_name():
-        assert w.wide_config is None and not w.uses_wide(256)
-        return
-    assert not w.uses_wide(7) and w.uses_wide(8) and w.config_for(8).stages < STAGES[(d, False)]
-    kw = dict(sm_scale=1.0 / math.sqrt(d))
-    for batch in (7, 8, 12):
-        rng = random.Random(48 + d + page + batch)
-        lens = [rng.choice((1, 15, 16, 300, 1000, 5000)) for _ in range(batch)]
-        gen = torch.Generator("cuda").manual_seed(batch)
-        inp = make_paged_inputs(lens, hq=32, hkv=8, d=d, page_size=page, dtype=torch.bfloat16, kv_fp8=False,
-                                device="cuda", generator=gen)
-        _assert_variant_as_close_as_default(inp, d, page, torch.bfloat16, kw, dict(stages=None),
-                                            1e-2, base=dict(pdl=False, stages=STAGES[(d, False)]))
-
-
 _MERGE_FAMILIES = [(False, 128, 16), (True, 128, 16), (False, 64, 1), (True, 64, 16), (False, 256, 16)]
 
 

@@ -228,7 +228,6 @@ def test_wide_module_only_for_the_three_blocks_families_on_an_h200():
             assert wide_config(make_config(q, fp8, d, 0, gpu_name=h200, **kw), h200) is None
     for fp8, d in ((False, 128), (True, 64), (False, 256), (True, 256)):
         assert wide_config(make_config("bf16", fp8, d, 0, gpu_name=h200), h200) is None
-    assert wide_config(make_config("bf16", False, 128, 0, gpu_name=h200, pdl=False), h200) is None  # experiment 48
     w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", stages=4)
     assert w.wide_config is None and not w.uses_wide(256)  # an explicit ring depth is one module
 
@@ -266,42 +265,6 @@ def test_wide_module_plan_on_a_faked_h200(monkeypatch):
     small = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", max_batch_size=24)
     assert small.load().wide_config is None and not small.uses_wide(24)  # no batch it plans reaches the twin
     assert "from batch" not in small.describe_module()
-
-
-@pytest.mark.parametrize("kv_fp8,d,twin_from", [(False, 64, 8), (True, 128, 25)])
-def test_plain_launch_takes_the_twin_from_64_request_head_pairs(monkeypatch, kv_fp8, d, twin_from):
-    """Experiment 48: launched plainly with 16-bit KV (head_dim 64: the only 16-bit family with a twin), batches with
-    64 (request, kv head) pairs or more (8 requests of 8 kv heads, 16 of 4) run on the shallow twin and plan for its
-    slots; fp8 keeps the twin for the batches past half the deep module's slots, and a PDL launch keeps that rule."""
-    import contextlib
-    import types
-
-    from kvprefetch.jit_kernels import decode
-    from kvprefetch.jit_kernels.jit_spec import wide_config
-
-    # (head_dim, fp8, stages) -> blocks per SM, as on an H200
-    blocks = {(64, False, 4): 3, (64, False, 3): 4, (128, True, 4): 3, (128, True, 3): 4}
-
-    def fake(cfg):
-        return types.SimpleNamespace(blocks_per_sm=lambda: blocks[(cfg.head_dim, cfg.kv_fp8, cfg.stages)],
-                                     stages=cfg.stages)
-
-    monkeypatch.setattr(decode, "is_supported_device", lambda device: (True, ""))
-    monkeypatch.setattr(decode, "load_module", fake)
-    monkeypatch.setattr(decode, "wide_config", lambda cfg, gpu: wide_config(cfg, "NVIDIA H200"))
-    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device: types.SimpleNamespace(multi_processor_count=132))
-    kv = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
-    w = BatchDecodeWithPagedKVCache(32, 8, d, 1, torch.bfloat16, kv, "cpu", pdl=False).load()
-    assert [w.uses_wide(b) for b in (twin_from - 1, twin_from, 256)] == [False, True, True]
-    assert w.num_splits_for(twin_from) == w.wide_target_blocks // (twin_from * 8)
-    if not kv_fp8:
-        four = BatchDecodeWithPagedKVCache(16, 4, d, 1, torch.bfloat16, kv, "cpu", pdl=False).load()
-        assert not four.uses_wide(15) and four.uses_wide(16)
-        if d == 64:  # with PDL the twin waits for the batches past half the deep module's slots
-            pdl = BatchDecodeWithPagedKVCache(32, 8, d, 1, torch.bfloat16, kv, "cpu", pdl=True).load()
-            assert not pdl.uses_wide(24) and pdl.uses_wide(25)
 
 
 def test_pid_ahead_default_where_measured():
