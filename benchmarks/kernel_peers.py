@@ -263,6 +263,9 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
     iterations ahead or one (``kvprefetch_pa`` / ``kvprefetch_npa``), the tile copy as before experiment 47
     (``kvprefetch_ol``), short requests' splits planned for n blocks per SM (``kvprefetch_sb<n>``), a fixed split count
     (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's default."""
+    if splits and short_blocks:
+        raise ValueError(f"short_blocks: a fixed split count ({splits}) already sets the short requests' splits; "
+                         f"expected one of the two, got short_blocks={short_blocks}")
     name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid, two_blocks, late_trigger,
                         cluster_merge, page_prefetch, tma, early_kv, adaptive_release, pid_ahead, old_loads,
                         short_blocks)
