@@ -107,6 +107,8 @@ def configs(which: str) -> list[DecodeConfig]:
         # experiment 48 (step_context_bench --kernels kvprefetch_s3_nopdl_nol_sb<N>): the head_dim 64 4-blocks-per-SM plain
         # module with experiment 47's copy
         cfgs += [make_config("bf16", False, 64, 0, stages=3, gpu_name="NVIDIA H200", pdl=False, old_loads=False)]
+        # session 20 (kernel_bench --fp8 --fp8-q): the H200's fp8 default with q in e4m3, beside XQA's e4m3-q path
+        cfgs += [make_config("bf16", True, 128, 0, gpu_name="NVIDIA H200", fp8_q=True)]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
