@@ -51,9 +51,6 @@
 #ifndef KVP_OLD_LOADS
 #define KVP_OLD_LOADS 0  // experiment 47's A/B: the tile copy and softmax mask as before it (zero-fill on every row)
 #endif
-#ifndef KVP_WARP_RING
-#define KVP_WARP_RING 0  // each warp copies and reads only its own 16 rows of every tile: no block barrier per tile (exp. 49)
-#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -249,8 +246,6 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   uint64_t tr[kTraceStamps] = {globaltimer_after(0), 0, 0, 0, 0, 0};
 #endif
   static_assert(!KVP_EARLY_KV || (KVP_PDL && !KVP_TMA), "early KV loads need PDL and the cp.async path");
-  static_assert(!KVP_WARP_RING || !(KVP_TMA || KVP_PAGE_PREFETCH || KVP_OLD_LOADS),
-                "the warp ring needs each warp's rows copied by that warp (the cp.async path, new copy)");
 #if KVP_PDL && !KVP_LATE_TRIGGER
   // a batch-1 launch may release late (below); it learns its active block count from the request's length first
   const bool may_release_late = gridDim.y == 1 && p.late_release_below > 0;
@@ -331,10 +326,6 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   const int64_t head_off = (int64_t)head * p.kv_stride_head;
   int64_t* rows = reinterpret_cast<int64_t*>(smem + C::kOffRows);
   const int page_mask = (1 << p.page_shift) - 1;
-  // the tile row whose page id and row offset this thread resolves: with the warp ring, lanes 0-15 of each warp
-  // resolve that warp's own 16 rows, so no other warp ever reads them
-  const bool row_thread = KVP_WARP_RING ? lane < 16 : tid < C::kTile;
-  const int my_row = KVP_WARP_RING ? warp * 16 + (lane & 15) : tid;
 
   // Row offset (elements) of token `tok` of this kv head, or -1 past the split's end.
   auto row_offset = [&](int tok, int pid) -> int64_t {
@@ -342,7 +333,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
                          : int64_t(-1);
   };
   auto load_pid = [&](int tile) -> int {
-    const int tok = tok_beg + tile * C::kTile + my_row;
+    const int tok = tok_beg + tile * C::kTile + tid;
     const int idx = page_beg + (tok >> p.page_shift);
     if (tile >= ntiles || tok >= tok_end || unsigned(idx) >= unsigned(p.num_indices)) return 0;
     const int pid = p.indices[idx];
@@ -354,7 +345,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   uint64_t* bars = reinterpret_cast<uint64_t*>(smem + C::kOffBar);
 #endif
   auto store_rows = [&](int tile, int pid) {
-    if (tile < ntiles) rows[(tile % C::kSlots) * C::kTile + my_row] = row_offset(tok_beg + tile * C::kTile + my_row, pid);
+    if (tile < ntiles) rows[(tile % C::kSlots) * C::kTile + tid] = row_offset(tok_beg + tile * C::kTile + tid, pid);
 #if KVP_TMA
     if (tile < ntiles) pid_ring[(tile % C::kSlots) * C::kTile + tid] = pid;
 #endif
@@ -374,8 +365,8 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
         prefetch_l2_bulk(kbase + (off - head_off), pp_bytes);
         prefetch_l2_bulk(vbase + (off - head_off), pp_bytes);
       }
-    } else if (PF > 0 && tile < ntiles && row_thread) {
-      const int64_t off = rows[(tile % C::kSlots) * C::kTile + my_row];
+    } else if (PF > 0 && tile < ntiles && tid < C::kTile) {
+      const int64_t off = rows[(tile % C::kSlots) * C::kTile + tid];
       if (off >= 0) {
         if constexpr (PF_BULK) {
           prefetch_l2_bulk(kbase + off, C::kRowBytesKV);
@@ -392,24 +383,15 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   };
   // Experiment 47: this thread copies 16-byte chunk ld_chunk of rows ld_row + kLdRowStep * it of each tile. Where a
   // step spans whole swizzle periods (8 rows, or 8 lines for short rows) the destinations step by a constant.
-  // With the warp ring (experiment 49) the same, over the warp's 32 lanes and its own 16 rows.
-  constexpr int kLdThreads = KVP_WARP_RING ? 32 : C::kThreads, kLdRows = KVP_WARP_RING ? 16 : C::kTile;
-  constexpr int kLdRowStep = kLdThreads / C::kChunksKV, kLdIters = kLdRows / kLdRowStep;
+  constexpr int kLdRowStep = C::kThreads / C::kChunksKV, kLdIters = C::kTile / kLdRowStep;
   constexpr int kLdDstStep = kLdRowStep * C::kRowBytesKV;
   constexpr bool kLdConstStep = C::kRowBytesKV >= 128 ? kLdRowStep % 8 == 0 : kLdDstStep % 1024 == 0;
-  static_assert(kLdThreads % C::kChunksKV == 0 && kLdRows % kLdRowStep == 0, "a tile is whole load steps");
-  const int ld_lane = KVP_WARP_RING ? lane : tid;
-  const int ld_row = (KVP_WARP_RING ? warp * 16 : 0) + ld_lane / C::kChunksKV, ld_chunk = ld_lane % C::kChunksKV;
+  static_assert(C::kThreads % C::kChunksKV == 0 && C::kTile % kLdRowStep == 0, "a tile is whole load steps");
+  const int ld_row = tid / C::kChunksKV, ld_chunk = tid % C::kChunksKV;
   const int ld_dst = swz_rows<C::kRowBytesKV>(ld_row, ld_chunk);
   const int ld_col = ld_chunk * (16 / int(sizeof(TKV)));
-  // the warp ring's step of 1-4 rows of >= 128 bytes: ld_row % 8 < the step, so the swizzle phase of row
-  // ld_row + it * step is ld_row's XOR a constant
-  constexpr bool kLdXorStep = KVP_WARP_RING && !kLdConstStep && C::kRowBytesKV >= 128 && 8 % kLdRowStep == 0;
-  const int ld_dst_row = ld_row * C::kRowBytesKV, ld_dst_chunk = (ld_chunk ^ (ld_row & 7)) << 4;
   auto ld_dst_at = [&](int it) {
-    if constexpr (kLdConstStep) return ld_dst + it * kLdDstStep;
-    if constexpr (kLdXorStep) return ld_dst_row + it * kLdDstStep + (ld_dst_chunk ^ (((it * kLdRowStep) & 7) << 4));
-    return swz_rows<C::kRowBytesKV>(ld_row + it * kLdRowStep, ld_chunk);
+    return kLdConstStep ? ld_dst + it * kLdDstStep : swz_rows<C::kRowBytesKV>(ld_row + it * kLdRowStep, ld_chunk);
   };
   // early (experiment 38): before griddepcontrol.wait nothing is issued for the newest token's rows, which the kernel
   // before this one may still be writing; they are loaded after the wait
@@ -485,7 +467,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   // iteration stalls on the oldest until it arrives, so one iteration of lookahead paces the loop at one L2 round
   // trip per tile
   int pending[KVP_PID_AHEAD] = {};
-  if (row_thread) {
+  if (tid < C::kTile) {
     int pids[C::kLookahead + 1];
 #pragma unroll
     for (int j = 0; j <= C::kLookahead; ++j) pids[j] = load_pid(j);
@@ -563,23 +545,14 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       cp_async_wait<STAGES - 2>();
     }
 #endif
-#if KVP_WARP_RING
-    // a warp's rows are copied, resolved and read by that warp alone; the first tile's barrier also publishes q
-    if (t == 0) {
-      __syncthreads();
-    } else {
-      __syncwarp();
-    }
-#else
     __syncthreads();
-#endif
 #if KVP_TRACE
     if (t == 0) KVP_STAMP(2, 0);
 #endif
     prefetch_tile(t + C::kLookahead);
     load_tile(t + STAGES - 1);
     cp_async_commit();
-    if (row_thread) {
+    if (tid < C::kTile) {
       store_rows(t + C::kLookahead + 1, pending[0]);
 #pragma unroll
       for (int k = 0; k + 1 < KVP_PID_AHEAD; ++k) pending[k] = pending[k + 1];

@@ -473,47 +473,6 @@ def test_pid_ahead_variant_against_reference(kv_fp8, d, page, splits):
     _merge_variant_against_reference(kv_fp8, d, page, splits, dict(pid_ahead=True), replays=2, poison_pool=True)
 
 
-@pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES + [(False, 128, 1), (True, 64, 1)])
-@pytest.mark.parametrize("splits", [None, 8])
-@pytest.mark.parametrize("pdl", [None, False])
-def test_warp_ring_variant_against_reference(kv_fp8, d, page, splits, pdl):
-    """warp_ring=True (experiment 49): each warp copies, resolves and reads only its own 16 rows of every tile and the
-    main loop has no block barrier; with the H200's early loads (whose newest-token row any warp may own) and launched
-    plainly. Every unowned pool slot holds NaN; graph replays equal the eager launch."""
-    _merge_variant_against_reference(kv_fp8, d, page, splits, dict(warp_ring=True, pdl=pdl), replays=2,
-                                     poison_pool=True)
-
-
-@pytest.mark.parametrize("d,page", [(64, 1), (64, 16)])
-def test_warp_ring_wide_module_against_reference(d, page):
-    """The warp ring's shallow twin (four blocks per SM on an H200) on both sides of the switch, launched plainly."""
-    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache
-
-    w = BatchDecodeWithPagedKVCache(32, 8, d, page, torch.bfloat16, torch.bfloat16, "cuda", pdl=False,
-                                    warp_ring=True).load()
-    assert w.config.warp_ring and not w.config.old_loads
-    if w.wide_config is None:
-        pytest.skip("one module on this card (the twin is H200-only)")
-    assert w.wide_config.warp_ring
-    first = w.target_blocks // 16 + 1
-    rng = random.Random(49 + page)
-    for batch in (first - 1, first):
-        lens = [rng.choice((1, 15, 16, 700, 3000, 9000)) for _ in range(batch)]
-        gen = torch.Generator("cuda").manual_seed(batch + page)
-        inp = make_paged_inputs(lens, hq=32, hkv=8, d=d, page_size=page, dtype=torch.bfloat16, kv_fp8=False,
-                                device="cuda", generator=gen)
-        _poison_unowned_slots(inp, page)
-        kw = dict(sm_scale=1.0 / math.sqrt(d))
-        from kvprefetch.jit_kernels import paged_decode_reference
-
-        ref, _ = paged_decode_reference(inp.q, inp.k, inp.v, inp.indptr, inp.indices, inp.last_len, **kw)
-        w.plan(inp.indptr, inp.indices, inp.last_len)
-        out = w.run(inp.q, inp.k, inp.v, out=torch.full_like(inp.q, float("nan")), **kw)
-        torch.cuda.synchronize()
-        assert not out.isnan().any()
-        assert max(rel_err(out[b], ref[b]) for b in range(batch)) < 1e-2
-
-
 @pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
 @pytest.mark.parametrize("splits", [None, 8])
 def test_early_kv_variant_against_reference(kv_fp8, d, page, splits):

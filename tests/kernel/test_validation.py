@@ -47,9 +47,6 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(pid_ahead=4), "pid_ahead"),
     (dict(pid_ahead="yes"), "pid_ahead"),
     (dict(old_loads=1), "old_loads"),
-    (dict(warp_ring=1), "warp_ring"),
-    (dict(warp_ring=True, old_loads=True), "warp_ring"),
-    (dict(warp_ring=True, tma=True), "warp_ring"),
 ])
 def test_constructor_rejects(override, needle):
     with pytest.raises(ValueError, match=needle):
