@@ -181,6 +181,7 @@ class KvPrefetch(Kernel):
     pid_ahead: Optional[bool] = None  # None: the product default (pid_ahead_default)
     old_loads: Optional[bool] = None  # None: the product default (old_loads_default); True: the copy before exp. 47
     short_blocks: Optional[int] = None  # None: SHORT_BLOCKS_PER_SM; n: short requests' splits planned for n per SM
+    swap_ab = False  # experiment 50: tokens as the mma's M side (16-bit KV, group <= 8)
     grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
@@ -192,7 +193,8 @@ class KvPrefetch(Kernel):
         key = ("kvprefetch", s.num_qo_heads, s.num_kv_heads, s.head_dim, s.page_size, s.kv_dtype, self.distance,
                self.stages, self.pdl, self.fp8_q, self.f16_math, self.lazy_rescale, self.splits, self.grid,
                self.two_blocks, self.late_trigger, self.cluster_merge, self.page_prefetch,
-               self.tma, self.early_kv, self.adaptive_release, self.pid_ahead, self.old_loads, self.short_blocks)
+               self.tma, self.early_kv, self.adaptive_release, self.pid_ahead, self.old_loads, self.short_blocks,
+               self.swap_ab)
         w = cache.wrappers.get(key)
         if w is None:
             cls = BatchDecodeWithPagedKVCache
@@ -205,7 +207,8 @@ class KvPrefetch(Kernel):
                     fp8_q=self.fp8_q, f16_math=self.f16_math, lazy_rescale=self.lazy_rescale,
                     two_blocks=self.two_blocks, late_trigger=self.late_trigger, cluster_merge=self.cluster_merge,
                     page_prefetch=self.page_prefetch, tma=self.tma, early_kv=self.early_kv,
-                    adaptive_release=self.adaptive_release, pid_ahead=self.pid_ahead, old_loads=self.old_loads)
+                    adaptive_release=self.adaptive_release, pid_ahead=self.pid_ahead, old_loads=self.old_loads,
+                    swap_ab=self.swap_ab)
             w.load()
             cache.wrappers[key] = w
         self.w, self.prob = w, prob
@@ -253,7 +256,7 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
             cluster_merge: bool = False, page_prefetch: bool = False, tma: bool = False,
             early_kv: bool = False, adaptive_release: Optional[bool] = None,
             pid_ahead: Optional[bool] = None, old_loads: Optional[bool] = None,
-            short_blocks: Optional[int] = None) -> type:
+            short_blocks: Optional[int] = None, swap_ab: bool = False) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
     fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), at most two blocks per SM
@@ -261,21 +264,21 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
     (``kvprefetch_cm``), whole-token-row L2 prefetch (``kvprefetch_pp``), TMA tile loads (``kvprefetch_tma``), KV loads before the PDL
     wait (``kvprefetch_pdl_ek``), no late release for small batch-1 grids (``kvprefetch_nar``), page ids four loop
     iterations ahead or one (``kvprefetch_pa`` / ``kvprefetch_npa``), the tile copy as before experiment 47
-    (``kvprefetch_ol``), short requests' splits planned for n blocks per SM (``kvprefetch_sb<n>``), a fixed split count
+    (``kvprefetch_ol``), tokens as the mma's M side (``kvprefetch_sw``), short requests' splits planned for n blocks per SM (``kvprefetch_sb<n>``), a fixed split count
     (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's default."""
     if splits and short_blocks:
         raise ValueError(f"short_blocks: a fixed split count ({splits}) already sets the short requests' splits; "
                          f"expected one of the two, got short_blocks={short_blocks}")
     name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid, two_blocks, late_trigger,
                         cluster_merge, page_prefetch, tma, early_kv, adaptive_release, pid_ahead, old_loads,
-                        short_blocks)
+                        short_blocks, swap_ab)
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
                                       "grid": grid if splits else None, "two_blocks": two_blocks,
                                       "late_trigger": late_trigger, "cluster_merge": cluster_merge,
                                       "page_prefetch": page_prefetch, "tma": tma,
                                       "early_kv": early_kv or None,  # None: the product default
                                       "adaptive_release": adaptive_release, "pid_ahead": pid_ahead,
-                                      "old_loads": old_loads, "short_blocks": short_blocks,
+                                      "old_loads": old_loads, "short_blocks": short_blocks, "swap_ab": swap_ab,
                                       "f16_math": f16_math or None,  # None: the product default
                                       "lazy_rescale": lazy_rescale or None})
 

@@ -33,7 +33,8 @@ _EXPERIMENT_FLAGS = (("pdl", "-DKVP_PDL=1", "_pdl"), ("fp8_q", "-DKVP_FP8_Q=1", 
                      ("tma", "-DKVP_TMA=1", "_tma"),
                      ("early_kv", "-DKVP_EARLY_KV=1", "_ek"),
                      ("pid_ahead", "-DKVP_PID_AHEAD=4", "_pa"),
-                     ("old_loads", "-DKVP_OLD_LOADS=1", "_ol"))
+                     ("old_loads", "-DKVP_OLD_LOADS=1", "_ol"),
+                     ("swap_ab", "-DKVP_SWAP_AB=1", "_sw"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ class DecodeConfig:
     early_kv: bool = False  # with pdl: the first tiles load before griddepcontrol.wait, but the newest token (exp. 38)
     pid_ahead: bool = False  # the main loop's page ids load four iterations ahead instead of one (experiment 44)
     old_loads: bool = False  # the tile copy as before experiment 47, zero-fill operand on every row (old_loads_default)
+    swap_ab: bool = False  # 16-bit KV, group <= 8: tokens as the mma's M side, heads as its N side (experiment 50)
 
     def defines(self) -> list[str]:
         return [
@@ -86,7 +88,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                 two_blocks: bool = False, late_trigger: bool | None = None, gpu_name: str = "",
                 cluster_merge: bool = False, page_prefetch: bool = False,
                 tma: bool = False, early_kv: bool | None = None, pid_ahead: bool | None = None,
-                old_loads: bool | None = None) -> DecodeConfig:
+                old_loads: bool | None = None, swap_ab: bool = False) -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (None:
     ``f16_math_default``); ``lazy_rescale`` skips the output rescale while no row max grows by more than 2^8 (None:
@@ -100,7 +102,9 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     the K/V tiles with TMA boxes where the pool's rows are 128 bytes and pages hold 16 tokens or more; ``early_kv``
     (with ``pdl``; None: ``early_kv_default``) loads the ring's first tiles, all but each request's newest token,
     before the PDL wait; ``pid_ahead`` (None: ``pid_ahead_default``) loads the main loop's page ids four iterations
-    ahead instead of one; ``old_loads`` builds the tile copy as before experiment 47 (None: ``old_loads_default``).
+    ahead instead of one; ``old_loads`` builds the tile copy as before experiment 47 (None: ``old_loads_default``);
+    ``swap_ab`` (16-bit KV, GQA group <= 8) computes S^T = K Q^T and O^T = V^T P^T, tokens as the mma's M side
+    (experiment 50).
     ``gpu_name`` (``torch.cuda.get_device_name``) picks the defaults measured on that card; "" means the H100's."""
     if f16_math is None:
         f16_math = f16_math_default(q_dtype, kv_fp8, head_dim, fp8_q)
@@ -118,7 +122,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
         late_trigger = pdl and not early_kv and late_trigger_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
                         prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks,
-                        late_trigger, cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads)
+                        late_trigger, cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads, swap_ab)
 
 
 # The shallower ring of the modules that fit three blocks per SM: it fits four, for grids that fill them (experiment 28)

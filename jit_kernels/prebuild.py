@@ -109,6 +109,10 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config("bf16", False, 64, 0, stages=3, gpu_name="NVIDIA H200", pdl=False, old_loads=False)]
         # session 20 (kernel_bench --fp8 --fp8-q): the H200's fp8 default with q in e4m3, beside XQA's e4m3-q path
         cfgs += [make_config("bf16", True, 128, 0, gpu_name="NVIDIA H200", fp8_q=True)]
+        # experiment 50 (kernel_bench / step_context_bench --kernels kvprefetch[_nopdl]_sw and the GPU test of swap_ab):
+        # the 16-bit families' H200 defaults with the swapped products, with their own launch and plainly
+        cfgs += [make_config(q, False, d, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=True)
+                 for q in ("bf16", "f16") for d in (64, 128, 256) for p in (None, False)]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module

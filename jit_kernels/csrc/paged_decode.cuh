@@ -51,6 +51,9 @@
 #ifndef KVP_OLD_LOADS
 #define KVP_OLD_LOADS 0  // experiment 47's A/B: the tile copy and softmax mask as before it (zero-fill on every row)
 #endif
+#ifndef KVP_SWAP_AB
+#define KVP_SWAP_AB 0  // 16-bit KV, GQA group <= 8: S^T = K Q^T and O^T = V^T P^T, the tokens as the mma's M (exp. 50)
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -268,6 +271,11 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   // block instead and runs both mma in fp16 (exact for e4m3 K/V; P in [0, 1] gains 3 mantissa bits)
   constexpr bool kH16 = C::kFp8 && KVP_FP8_F16 && !kQ8 && std::is_same_v<TQ, __nv_bfloat16>;
   using TM = std::conditional_t<kH16, __half, TQ>;  // the mma operand type
+  // Experiment 50: with at most 8 q heads per kv head, the 16 tokens of a warp are the M side of the mma and the
+  // heads its N side (8 wide), so each product does half the padded work of heads-as-M; q stays in registers as
+  // the B operand, and P^T reaches the P.V product's B operand through one movmatrix per 8 tokens.
+  constexpr bool kSwap = KVP_SWAP_AB;
+  static_assert(!kSwap || !C::kFp8, "the swapped products are for 16-bit KV");
   auto load_q = [&] {
     if constexpr (kQ8 || kH16) return;  // converted from registers after the prologue instead
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
@@ -520,9 +528,89 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
 
   // ---- main loop
   float m[2] = {-CUDART_INF_F, -CUDART_INF_F}, l[2] = {0.f, 0.f};
-  float o[D / 8][4];
+  // heads-as-M: o[i] holds dims 8i.. of rows lane/4 (0, 1) and lane/4 + 8 (2, 3); swapped: o[i] holds heads 2c, 2c+1
+  // (c = lane % 4) of dims 16i + lane/4 (0, 1) and 16i + lane/4 + 8 (2, 3), and m, l are those two heads'
+  constexpr int kOTiles = kSwap ? D / 16 : D / 8;
+  float o[kOTiles][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  for (int i = 0; i < kOTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  uint32_t qf[kSwap ? D / 16 : 1][2];  // swapped: q (heads 0-7) as the B operand of every k-step, loaded once
+
+  // One tile of this warp's 16 tokens with the swapped products (experiment 50).
+  auto swapped_tile = [&](int t, int lrow, int lhalf, int warp_tok0, const uint8_t* ks, const uint8_t* vs) {
+    if constexpr (kSwap) {
+      if (t == 0) {  // the first tile's barrier has published q: heads 0-7, chunks 4kp .. 4kp + 3 per ldmatrix
+#pragma unroll
+        for (int kp = 0; kp < D / 32; ++kp) {
+          uint32_t r[4];
+          ldmatrix_x4(r, smem + C::kOffQ + swz<D>(lane & 7, 4 * kp + (lane >> 3)));
+          qf[2 * kp][0] = r[0];
+          qf[2 * kp][1] = r[1];
+          qf[2 * kp + 1][0] = r[2];
+          qf[2 * kp + 1][1] = r[3];
+        }
+      }
+      // S^T = K Q^T: rows are tokens lane/4 (0, 1) and lane/4 + 8 (2, 3), columns heads 2c, 2c+1
+      float st[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int ks_i = 0; ks_i < D / 16; ++ks_i) {
+        uint32_t a[4];
+        ldmatrix_x4(a, ks + swz<D>(lrow, 2 * ks_i + lhalf));
+        mma_16816<TQ>(st, a, qf[ks_i]);
+      }
+      float mx[2] = {-CUDART_INF_F, -CUDART_INF_F};
+      const bool warp_full = warp_tok0 + 16 <= tok_end;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = warp_tok0 + (lane >> 2) + (e >> 1) * 8;
+        float x = p.has_cap ? p.score_post * tanhf(st[e] * p.score_pre) : st[e] * p.score_pre;
+        if (!warp_full) x = tok < tok_end ? x : -CUDART_INF_F;
+        st[e] = x;
+        mx[e & 1] = fmaxf(mx[e & 1], x);
+      }
+      float alpha[2], muse[2];
+      bool grow = false;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {  // a head's max over the 16 tokens: the 8 lanes of its column
+        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffff, mx[j], 4));
+        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffff, mx[j], 8));
+        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffff, mx[j], 16));
+        float mnew = fmaxf(m[j], mx[j]);
+        if constexpr (KVP_LAZY_RESCALE) {
+          if (!(mnew > m[j] + kRescaleSlack)) mnew = m[j];
+          grow |= mnew != m[j];
+        }
+        muse[j] = mnew == -CUDART_INF_F ? 0.f : mnew;
+        alpha[j] = exp2f(m[j] - muse[j]);
+        m[j] = mnew;
+        l[j] *= alpha[j];
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        st[e] = exp2f(st[e] - muse[e & 1]);
+        l[e & 1] += st[e];
+      }
+      if (!KVP_LAZY_RESCALE || __any_sync(0xffffffff, grow)) {
+#pragma unroll
+        for (int i = 0; i < kOTiles; ++i) {
+          o[i][0] *= alpha[0];
+          o[i][1] *= alpha[1];
+          o[i][2] *= alpha[0];
+          o[i][3] *= alpha[1];
+        }
+      }
+      // P^T as the B operand (tokens x heads): lane 4h + c needs tokens 2c, 2c+1 (and + 8) of head h
+      const uint32_t pb[2] = {movmatrix_trans(pack2<TQ>(st[0], st[1])), movmatrix_trans(pack2<TQ>(st[2], st[3]))};
+      // O^T += V^T P^T: V^T's 16 x 16 A tile (dims x tokens) by a transposed ldmatrix of the V rows
+      const int vrow = warp * 16 + ((lane >> 4) & 1) * 8 + (lane & 7), vhalf = (lane >> 3) & 1;
+#pragma unroll
+      for (int md = 0; md < D / 16; ++md) {
+        uint32_t a[4];
+        ldmatrix_x4_trans(a, vs + swz<D>(vrow, 2 * md + vhalf));
+        mma_16816<TQ>(o[md], a, pb);
+      }
+    }
+  };
 
   for (int t = 0; t < ntiles; ++t) {
 #if KVP_TMA
@@ -566,6 +654,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
     const int warp_tok0 = tok_beg + t * C::kTile + warp * 16;
     if (warp_tok0 >= tok_end) continue;  // this warp's 16 rows are all past the end (zero-filled)
 
+    if constexpr (kSwap) {
+      swapped_tile(t, lrow, lhalf, warp_tok0, ks, vs);
+      continue;
+    }
     // S = Q K^T for this warp's 16 tokens (two n-tiles of 8)
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
     if constexpr (kQ8) {
@@ -698,20 +790,41 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   // ---- combine the 4 warps
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
+    if constexpr (kSwap) {  // a head's sum over its column's 8 lanes
+      l[r] += __shfl_xor_sync(0xffffffff, l[r], 4);
+      l[r] += __shfl_xor_sync(0xffffffff, l[r], 8);
+      l[r] += __shfl_xor_sync(0xffffffff, l[r], 16);
+    } else {
+      l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
+    }
   }
   __syncthreads();  // every warp is done with the stages, which the reduction buffer aliases
   float* red_m = reinterpret_cast<float*>(smem + C::kOffRed);
   float* red_l = red_m + C::kWarps * C::kRows;
   float* obuf = reinterpret_cast<float*>(smem + C::kOffK);
-  if ((lane & 3) == 0) {
+  const int h0 = warp * 16 + 2 * (lane & 3);  // swapped: this lane's two heads, rows of the warp's slice
+  if (kSwap && lane < 4) {  // rows 0-7 only; the combine reads rows < group
+    red_m[h0] = m[0];
+    red_m[h0 + 1] = m[1];
+    red_l[h0] = l[0];
+    red_l[h0 + 1] = l[1];
+  } else if (!kSwap && (lane & 3) == 0) {
     red_m[warp * 16 + (lane >> 2)] = m[0];
     red_m[warp * 16 + (lane >> 2) + 8] = m[1];
     red_l[warp * 16 + (lane >> 2)] = l[0];
     red_l[warp * 16 + (lane >> 2) + 8] = l[1];
   }
-  if constexpr (C::kFp8) {  // o[2q] / o[2q+1] hold dims 16q + 4c + {0, 2} / {1, 3}
+  if constexpr (kSwap) {
+#pragma unroll
+    for (int md = 0; md < D / 16; ++md) {
+      const int dim = md * 16 + (lane >> 2);
+      obuf[h0 * D + dim] = o[md][0];
+      obuf[(h0 + 1) * D + dim] = o[md][1];
+      obuf[h0 * D + dim + 8] = o[md][2];
+      obuf[(h0 + 1) * D + dim + 8] = o[md][3];
+    }
+  } else if constexpr (C::kFp8) {  // o[2q] / o[2q+1] hold dims 16q + 4c + {0, 2} / {1, 3}
 #pragma unroll
     for (int q = 0; q < D / 16; ++q) {
       float* r0 = obuf + (warp * 16 + (lane >> 2)) * D + q * 16 + (lane & 3) * 4;

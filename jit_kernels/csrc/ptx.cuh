@@ -167,6 +167,13 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem)
                : "r"(smem_addr(smem)));
 }
 
+// The transpose of an 8x8 b16 matrix held one row pair per lane (lane 4r + c: row r, columns 2c, 2c+1).
+__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
 // D(16x8, f32) += A(16x16) * B(16x8), operands bf16 or fp16.
 template <typename T>
 __device__ __forceinline__ void mma_16816(float* d, const uint32_t* a, const uint32_t* b);

@@ -473,6 +473,44 @@ def test_pid_ahead_variant_against_reference(kv_fp8, d, page, splits):
     _merge_variant_against_reference(kv_fp8, d, page, splits, dict(pid_ahead=True), replays=2, poison_pool=True)
 
 
+@pytest.mark.parametrize("d,page", [(64, 1), (64, 16), (128, 1), (128, 16), (256, 16)])
+@pytest.mark.parametrize("splits", [None, 8])
+@pytest.mark.parametrize("pdl", [None, False])
+def test_swap_ab_variant_against_reference(d, page, splits, pdl):
+    """swap_ab=True (experiment 50): the tokens are the M side of both tensor-core products and q stays in registers;
+    with the H200's early loads and launched plainly, NaN in every unowned pool slot, graph replays equal to the
+    eager launch."""
+    _merge_variant_against_reference(False, d, page, splits, dict(swap_ab=True, pdl=pdl), replays=2,
+                                     poison_pool=True)
+
+
+@pytest.mark.parametrize("hq,hkv,q_dtype", [(8, 8, torch.bfloat16), (16, 8, torch.float16), (28, 4, torch.bfloat16),
+                                            (64, 8, torch.float16)])
+@pytest.mark.parametrize("page", [1, 16])
+def test_swap_ab_every_group_against_reference(hq, hkv, q_dtype, page):
+    """The swapped products for GQA groups 1, 2, 7 and 8 (the heads fill 1..8 columns of the 8-wide side), fp16 and
+    bf16, a soft cap, ragged lengths and the twin's batch sizes, against the float64 reference."""
+    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache, paged_decode_reference
+
+    w = BatchDecodeWithPagedKVCache(hq, hkv, 64, page, q_dtype, q_dtype, "cuda", pdl=False, swap_ab=True).load()
+    rng = random.Random(50 + hq + page)
+    for batch in (1, 3, 40):
+        lens = [rng.choice((1, 15, 16, 63, 700, 3000, 9000)) for _ in range(batch)]
+        gen = torch.Generator("cuda").manual_seed(batch + hq + page)
+        inp = make_paged_inputs(lens, hq=hq, hkv=hkv, d=64, page_size=page, dtype=q_dtype, device="cuda",
+                                generator=gen)
+        _poison_unowned_slots(inp, page)
+        kw = dict(sm_scale=0.125, logits_soft_cap=30.0 if batch == 3 else 0.0)
+        ref, ref_lse = paged_decode_reference(inp.q, inp.k, inp.v, inp.indptr, inp.indices, inp.last_len, **kw)
+        w.plan(inp.indptr, inp.indices, inp.last_len)
+        out, lse = w.run(inp.q, inp.k, inp.v, out=torch.full_like(inp.q, float("nan")),
+                         lse=torch.full((batch, hq), float("nan"), device="cuda"), return_lse=True, **kw)
+        torch.cuda.synchronize()
+        assert not out.isnan().any() and not lse.isnan().any()
+        assert max(rel_err(out[b], ref[b]) for b in range(batch)) < 1e-2
+        assert (lse.double() - ref_lse).abs().max().item() < 1e-3
+
+
 @pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
 @pytest.mark.parametrize("splits", [None, 8])
 def test_early_kv_variant_against_reference(kv_fp8, d, page, splits):
