@@ -181,7 +181,7 @@ class KvPrefetch(Kernel):
     pid_ahead: Optional[bool] = None  # None: the product default (pid_ahead_default)
     old_loads: Optional[bool] = None  # None: the product default (old_loads_default); True: the copy before exp. 47
     short_blocks: Optional[int] = None  # None: SHORT_BLOCKS_PER_SM; n: short requests' splits planned for n per SM
-    swap_ab = False  # experiment 50: tokens as the mma's M side (16-bit KV, group <= 8)
+    swap_ab: Optional[bool] = None  # None: the product default (swap_ab_default); False: the heads as the mma's M side
     grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
@@ -256,7 +256,7 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
             cluster_merge: bool = False, page_prefetch: bool = False, tma: bool = False,
             early_kv: bool = False, adaptive_release: Optional[bool] = None,
             pid_ahead: Optional[bool] = None, old_loads: Optional[bool] = None,
-            short_blocks: Optional[int] = None, swap_ab: bool = False) -> type:
+            short_blocks: Optional[int] = None, swap_ab: Optional[bool] = None) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
     fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), at most two blocks per SM
@@ -264,7 +264,7 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
     (``kvprefetch_cm``), whole-token-row L2 prefetch (``kvprefetch_pp``), TMA tile loads (``kvprefetch_tma``), KV loads before the PDL
     wait (``kvprefetch_pdl_ek``), no late release for small batch-1 grids (``kvprefetch_nar``), page ids four loop
     iterations ahead or one (``kvprefetch_pa`` / ``kvprefetch_npa``), the tile copy as before experiment 47
-    (``kvprefetch_ol``), tokens as the mma's M side (``kvprefetch_sw``), short requests' splits planned for n blocks per SM (``kvprefetch_sb<n>``), a fixed split count
+    (``kvprefetch_ol``), tokens or heads as the mma's M side (``kvprefetch_sw`` / ``kvprefetch_nsw``), short requests' splits planned for n blocks per SM (``kvprefetch_sb<n>``), a fixed split count
     (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's default."""
     if splits and short_blocks:
         raise ValueError(f"short_blocks: a fixed split count ({splits}) already sets the short requests' splits; "

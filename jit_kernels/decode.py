@@ -111,8 +111,9 @@ class BatchDecodeWithPagedKVCache:
     40, 41). ``pid_ahead`` (None: ``pid_ahead_default``: on an H200 with the early loads, and for 16-bit KV at
     head_dim 64) loads the main loop's page ids four iterations before their rows are needed instead of one
     (experiment 44). ``old_loads`` (None: ``old_loads_default``: 16-bit KV at head_dim 64 launched plainly) builds the
-    tile copy as before experiment 47. ``swap_ab`` (16-bit KV, GQA group <= 8) makes the tokens the M side of the
-    tensor-core products and the heads their N side, halving the padded work per tile (experiment 50).
+    tile copy as before experiment 47. ``swap_ab`` (16-bit KV, GQA group <= 8; None: ``swap_ab_default``, on at head_dim
+    64 and 128) makes the tokens the M side of the tensor-core products and the heads their N side, halving the
+    padded work per tile (experiment 50).
     """
 
     def __init__(
@@ -141,7 +142,7 @@ class BatchDecodeWithPagedKVCache:
         adaptive_release: bool | None = None,
         pid_ahead: bool | None = None,
         old_loads: bool | None = None,
-        swap_ab: bool = False,
+        swap_ab: bool | None = None,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -186,10 +187,10 @@ class BatchDecodeWithPagedKVCache:
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
-                           ("page_prefetch", page_prefetch), ("tma", tma), ("swap_ab", swap_ab)):
+                           ("page_prefetch", page_prefetch), ("tma", tma)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
-        for name, opt in (("pid_ahead", pid_ahead), ("old_loads", old_loads)):
+        for name, opt in (("pid_ahead", pid_ahead), ("old_loads", old_loads), ("swap_ab", swap_ab)):
             if opt is not None and not isinstance(opt, bool):
                 raise ValueError(f"{name}: expected a bool or None, got {opt!r}")
         if swap_ab and (kv_dtype == _FP8 or group > 8):
@@ -213,7 +214,7 @@ class BatchDecodeWithPagedKVCache:
         gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
-                                  cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads, swap_ab)
+                                  cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads, swap_ab, group)
         if early_kv and (not self.config.pdl or tma):
             raise ValueError(f"early_kv: expected False unless the launch uses PDL (pdl resolved to "
                              f"{self.config.pdl}) on the cp.async path (tma={tma})")

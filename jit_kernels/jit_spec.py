@@ -88,7 +88,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                 two_blocks: bool = False, late_trigger: bool | None = None, gpu_name: str = "",
                 cluster_merge: bool = False, page_prefetch: bool = False,
                 tma: bool = False, early_kv: bool | None = None, pid_ahead: bool | None = None,
-                old_loads: bool | None = None, swap_ab: bool = False) -> DecodeConfig:
+                old_loads: bool | None = None, swap_ab: bool | None = None,
+                group: int | None = None) -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (None:
     ``f16_math_default``); ``lazy_rescale`` skips the output rescale while no row max grows by more than 2^8 (None:
@@ -104,7 +105,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     before the PDL wait; ``pid_ahead`` (None: ``pid_ahead_default``) loads the main loop's page ids four iterations
     ahead instead of one; ``old_loads`` builds the tile copy as before experiment 47 (None: ``old_loads_default``);
     ``swap_ab`` (16-bit KV, GQA group <= 8) computes S^T = K Q^T and O^T = V^T P^T, tokens as the mma's M side
-    (experiment 50).
+    (experiment 50; None: ``swap_ab_default`` for ``group``, the q heads per kv head the module serves, where None
+    stands for a group of at most 8, as in every model served here).
     ``gpu_name`` (``torch.cuda.get_device_name``) picks the defaults measured on that card; "" means the H100's."""
     if f16_math is None:
         f16_math = f16_math_default(q_dtype, kv_fp8, head_dim, fp8_q)
@@ -118,6 +120,8 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
         pid_ahead = pid_ahead_default(kv_fp8, head_dim, gpu_name, early_kv)
     if old_loads is None:
         old_loads = old_loads_default(kv_fp8, head_dim, pdl)
+    if swap_ab is None:
+        swap_ab = swap_ab_default(kv_fp8, head_dim, group)
     if late_trigger is None:  # with the early loads, small batch-1 grids release late at run time instead
         late_trigger = pdl and not early_kv and late_trigger_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
@@ -182,6 +186,14 @@ def old_loads_default(kv_fp8: bool, head_dim: int, pdl: bool) -> bool:
     at large KV. Everywhere else it measured level or faster (PDL grids −2 … −8 % on the long shapes, 8B plain −0.5 …
     −2 %), so it is the default there. Measured on an H200; the H100 takes the same rule unmeasured."""
     return head_dim == 64 and not kv_fp8 and not pdl
+
+
+def swap_ab_default(kv_fp8: bool, head_dim: int, group: int | None = None) -> bool:
+    """Tokens as the M side of both tensor-core products for 16-bit KV at head_dim 64 and 128 with a GQA group of at
+    most 8 (``group`` None: such a group). Experiment 50 (H200): PDL grids geomean 0.973 (bf16), 0.967 (group 7),
+    0.981 (head_dim 64), no shape slower; the served 1B and 8B steps launched plainly −1 … −5 % on every shape. The
+    H100 is unmeasured (the saving is instructions per tile); head_dim 256 was tested, not measured."""
+    return not kv_fp8 and head_dim in (64, 128) and (group is None or group <= 8)
 
 
 def f16_math_default(q_dtype: str, kv_fp8: bool, head_dim: int, fp8_q: bool = False) -> bool:

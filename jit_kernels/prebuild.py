@@ -33,9 +33,11 @@ def configs(which: str) -> list[DecodeConfig]:
         combos = list(itertools.product(("bf16", "f16"), (False, True), (64, 128, 256)))
         distances = (0, 2) if which == "tests" else (0, 1, 2, 3, 4)
     # the defaults of every card with its own (the H100's and the H200's), launched with PDL where that is the
-    # kernel default and plainly (the serving backend's default, KVPREFETCH_PDL=0)
-    defaults = [(make_config(q, fp8, d, pf, gpu_name=gpu, pdl=pdl), gpu) for (q, fp8, d) in combos
-                for pf in distances for gpu in ("", "NVIDIA H200") for pdl in (None, False)]
+    # kernel default and plainly (the serving backend's default, KVPREFETCH_PDL=0), for GQA groups of at most 8
+    # (the served models') and, for the tests, 16 (the heads as the mma's M side, experiment 50)
+    groups = (None,) if which == "default" else (None, 16)
+    defaults = [(make_config(q, fp8, d, pf, gpu_name=gpu, pdl=pdl, group=g), gpu) for (q, fp8, d) in combos
+                for pf in distances for gpu in ("", "NVIDIA H200") for pdl in (None, False) for g in groups]
     cfgs = [c for c, _ in defaults]
     cfgs += [w for c, gpu in defaults if (w := wide_config(c, gpu)) is not None]  # the large batches' modules
     if which != "default":  # the prefetch ablation of the benchmark: other distances, and the copy-engine mode
@@ -109,9 +111,9 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config("bf16", False, 64, 0, stages=3, gpu_name="NVIDIA H200", pdl=False, old_loads=False)]
         # session 20 (kernel_bench --fp8 --fp8-q): the H200's fp8 default with q in e4m3, beside XQA's e4m3-q path
         cfgs += [make_config("bf16", True, 128, 0, gpu_name="NVIDIA H200", fp8_q=True)]
-        # experiment 50 (kernel_bench / step_context_bench --kernels kvprefetch[_nopdl]_sw and the GPU test of swap_ab):
-        # the 16-bit families' H200 defaults with the swapped products, with their own launch and plainly
-        cfgs += [make_config(q, False, d, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=True)
+        # experiment 50 (kernel_bench / step_context_bench --kernels kvprefetch[_nopdl]_nsw, the GPU test of swap_ab):
+        # the 16-bit families' H200 defaults with the heads as the mma's M side, and head_dim 256 swapped
+        cfgs += [make_config(q, False, d, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=d == 256)
                  for q in ("bf16", "f16") for d in (64, 128, 256) for p in (None, False)]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]

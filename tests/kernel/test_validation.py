@@ -114,8 +114,8 @@ def test_stages_override_changes_only_the_ring_depth():
 def test_pdl_is_the_default_and_its_own_module():
     w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", pdl=False)
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
-    assert tuned.config.tag.endswith("_pdl") and not w.config.tag.endswith("_pdl")
-    assert tuned.config.defines() == w.config.defines() + ["-DKVP_PDL=1"]
+    assert "_pdl" in tuned.config.tag and "_pdl" not in w.config.tag
+    assert sorted(tuned.config.defines()) == sorted(w.config.defines() + ["-DKVP_PDL=1"])
     on = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", pdl=True)
     assert on.config == tuned.config
 
@@ -148,13 +148,14 @@ def test_two_blocks_and_late_trigger_are_their_own_modules():
                             (dict(cluster_merge=True), "_cm", "-DKVP_CLUSTER_MERGE=1"),
                             (dict(page_prefetch=True), "_pp", "-DKVP_PAGE_PREFETCH=1")):
         w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", **kw)
-        assert w.config.tag.endswith(tag) and w.config.defines() == tuned.config.defines() + [define]
+        assert tag in w.config.tag and sorted(w.config.defines()) == sorted(tuned.config.defines() + [define])
 
 
 def test_lazy_rescale_is_its_own_module():
     w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", lazy_rescale=True)
     tuned = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu")
-    assert w.config.tag.endswith("_lr") and w.config.defines() == tuned.config.defines() + ["-DKVP_LAZY_RESCALE=1"]
+    assert "_lr" in w.config.tag
+    assert sorted(w.config.defines()) == sorted(tuned.config.defines() + ["-DKVP_LAZY_RESCALE=1"])
 
 
 @pytest.mark.parametrize("kv,d,on", [(torch.bfloat16, 64, True), (torch.float16, 64, True), (torch.bfloat16, 128, False),
@@ -268,6 +269,23 @@ def test_wide_module_plan_on_a_faked_h200(monkeypatch):
     small = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.float8_e4m3fn, "cpu", max_batch_size=24)
     assert small.load().wide_config is None and not small.uses_wide(24)  # no batch it plans reaches the twin
     assert "from batch" not in small.describe_module()
+
+
+def test_swap_ab_default_where_measured():
+    """Experiment 50: tokens as the mma's M side for 16-bit KV at head_dim 64 and 128 with a group of at most 8, on
+    both cards and both launches; fp8, head_dim 256 and groups over 8 keep the heads as M."""
+    from kvprefetch.jit_kernels.jit_spec import make_config
+
+    for gpu in ("", "NVIDIA H200"):
+        for d in (64, 128):
+            assert make_config("bf16", False, d, 0, gpu_name=gpu).swap_ab
+            assert make_config("f16", False, d, 0, gpu_name=gpu, pdl=False, group=8).swap_ab
+            assert not make_config("bf16", False, d, 0, gpu_name=gpu, group=16).swap_ab
+            assert not make_config("bf16", True, d, 0, gpu_name=gpu).swap_ab
+        assert not make_config("bf16", False, 256, 0, gpu_name=gpu).swap_ab
+    w = BatchDecodeWithPagedKVCache(**{**CTOR, "num_qo_heads": 128})  # group 16
+    assert not w.config.swap_ab and BatchDecodeWithPagedKVCache(**CTOR).config.swap_ab
+    assert not BatchDecodeWithPagedKVCache(**CTOR, swap_ab=False).config.swap_ab
 
 
 def test_pid_ahead_default_where_measured():
