@@ -111,8 +111,8 @@ class BatchDecodeWithPagedKVCache:
     40, 41). ``pid_ahead`` (None: ``pid_ahead_default``: on an H200 with the early loads, and for 16-bit KV at
     head_dim 64) loads the main loop's page ids four iterations before their rows are needed instead of one
     (experiment 44). ``old_loads`` (None: ``old_loads_default``: 16-bit KV at head_dim 64 launched plainly) builds the
-    tile copy as before experiment 47. ``swap_ab`` (16-bit KV, GQA group <= 8; None: ``swap_ab_default``, on at head_dim
-    64 and 128) makes the tokens the M side of the tensor-core products and the heads their N side, halving the
+    tile copy as before experiment 47. ``swap_ab`` (GQA group <= 8, q in 16 bits; None: ``swap_ab_default``, on for
+    16-bit KV at head_dim 64 and 128) makes the tokens the M side of the tensor-core products and the heads their N side, halving the
     padded work per tile (experiment 50).
     """
 
@@ -193,9 +193,9 @@ class BatchDecodeWithPagedKVCache:
         for name, opt in (("pid_ahead", pid_ahead), ("old_loads", old_loads), ("swap_ab", swap_ab)):
             if opt is not None and not isinstance(opt, bool):
                 raise ValueError(f"{name}: expected a bool or None, got {opt!r}")
-        if swap_ab and (kv_dtype == _FP8 or group > 8):
-            raise ValueError(f"swap_ab: expected False unless the KV is 16-bit and the GQA group is at most 8 (the "
-                             f"heads are the mma's 8-wide side); got kv_dtype {kv_dtype}, group {group}")
+        if swap_ab and (fp8_q or group > 8):
+            raise ValueError(f"swap_ab: expected False unless the GQA group is at most 8 (the heads are the mma's "
+                             f"8-wide side) and q stays 16-bit (fp8_q=False); got group {group}, fp8_q={fp8_q}")
         if early_kv is not None and not isinstance(early_kv, bool):
             raise ValueError(f"early_kv: expected a bool or None, got {early_kv!r}")
         if late_trigger is not None and not isinstance(late_trigger, bool):

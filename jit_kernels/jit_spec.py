@@ -104,7 +104,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     (with ``pdl``; None: ``early_kv_default``) loads the ring's first tiles, all but each request's newest token,
     before the PDL wait; ``pid_ahead`` (None: ``pid_ahead_default``) loads the main loop's page ids four iterations
     ahead instead of one; ``old_loads`` builds the tile copy as before experiment 47 (None: ``old_loads_default``);
-    ``swap_ab`` (16-bit KV, GQA group <= 8) computes S^T = K Q^T and O^T = V^T P^T, tokens as the mma's M side
+    ``swap_ab`` (GQA group <= 8, q in 16 bits) computes S^T = K Q^T and O^T = V^T P^T, tokens as the mma's M side
     (experiment 50; None: ``swap_ab_default`` for ``group``, the q heads per kv head the module serves, where None
     stands for a group of at most 8, as in every model served here).
     ``gpu_name`` (``torch.cuda.get_device_name``) picks the defaults measured on that card; "" means the H100's."""

@@ -52,7 +52,7 @@
 #define KVP_OLD_LOADS 0  // experiment 47's A/B: the tile copy and softmax mask as before it (zero-fill on every row)
 #endif
 #ifndef KVP_SWAP_AB
-#define KVP_SWAP_AB 0  // 16-bit KV, GQA group <= 8: S^T = K Q^T and O^T = V^T P^T, the tokens as the mma's M (exp. 50)
+#define KVP_SWAP_AB 0  // GQA group <= 8: S^T = K Q^T and O^T = V^T P^T, the tokens as the mma's M (exp. 50, 51)
 #endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
@@ -275,7 +275,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   // heads its N side (8 wide), so each product does half the padded work of heads-as-M; q stays in registers as
   // the B operand, and P^T reaches the P.V product's B operand through one movmatrix per 8 tokens.
   constexpr bool kSwap = KVP_SWAP_AB;
-  static_assert(!kSwap || !C::kFp8, "the swapped products are for 16-bit KV");
+  static_assert(!kSwap || !kQ8, "the swapped products take q in 16 bits");
   auto load_q = [&] {
     if constexpr (kQ8 || kH16) return;  // converted from registers after the prologue instead
     const TQ* qb = static_cast<const TQ*>(p.q) + b * p.q_stride_b;
@@ -552,11 +552,28 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       }
       // S^T = K Q^T: rows are tokens lane/4 (0, 1) and lane/4 + 8 (2, 3), columns heads 2c, 2c+1
       float st[4] = {0.f, 0.f, 0.f, 0.f};
+      if constexpr (C::kFp8) {
+        // raw e4m3 rows give a lane dims 4c..4c+3 of a 16-dim chunk: k-indices {2c, 2c+1} and {2c+8, 2c+9}, as q's
+        // permuted layout (q_fp8_slot) has them
 #pragma unroll
-      for (int ks_i = 0; ks_i < D / 16; ++ks_i) {
-        uint32_t a[4];
-        ldmatrix_x4(a, ks + swz<D>(lrow, 2 * ks_i + lhalf));
-        mma_16816<TQ>(st, a, qf[ks_i]);
+        for (int kp = 0; kp < D / 32; ++kp) {
+          uint32_t raw[4];  // [chunk half][token half]
+          ldmatrix_x4(raw, ks + swz_rows<C::kRowBytesKV>(lrow, 2 * kp + lhalf));
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const uint32_t lo = raw[2 * h], hi = raw[2 * h + 1];
+            const uint32_t a[4] = {e4m3x2_to<TM>(lo & 0xffff), e4m3x2_to<TM>(hi & 0xffff), e4m3x2_to<TM>(lo >> 16),
+                                   e4m3x2_to<TM>(hi >> 16)};
+            mma_16816<TM>(st, a, qf[2 * kp + h]);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int ks_i = 0; ks_i < D / 16; ++ks_i) {
+          uint32_t a[4];
+          ldmatrix_x4(a, ks + swz<D>(lrow, 2 * ks_i + lhalf));
+          mma_16816<TQ>(st, a, qf[ks_i]);
+        }
       }
       float mx[2] = {-CUDART_INF_F, -CUDART_INF_F};
       const bool warp_full = warp_tok0 + 16 <= tok_end;
@@ -600,14 +617,31 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
         }
       }
       // P^T as the B operand (tokens x heads): lane 4h + c needs tokens 2c, 2c+1 (and + 8) of head h
-      const uint32_t pb[2] = {movmatrix_trans(pack2<TQ>(st[0], st[1])), movmatrix_trans(pack2<TQ>(st[2], st[3]))};
-      // O^T += V^T P^T: V^T's 16 x 16 A tile (dims x tokens) by a transposed ldmatrix of the V rows
-      const int vrow = warp * 16 + ((lane >> 4) & 1) * 8 + (lane & 7), vhalf = (lane >> 3) & 1;
+      const uint32_t pb[2] = {movmatrix_trans(pack2<TM>(st[0], st[1])), movmatrix_trans(pack2<TM>(st[2], st[3]))};
+      if constexpr (C::kFp8) {
+        // O^T += V^T P^T per 16-dim chunk: a transposed ldmatrix of raw e4m3 rows gives a lane dims 2g, 2g+1 of
+        // tokens 2c, 2c+1; the byte permute makes the even dim the A tile's row g and the odd dim its row g + 8
 #pragma unroll
-      for (int md = 0; md < D / 16; ++md) {
-        uint32_t a[4];
-        ldmatrix_x4_trans(a, vs + swz<D>(vrow, 2 * md + vhalf));
-        mma_16816<TQ>(o[md], a, pb);
+        for (int qp = 0; qp < D / 32; ++qp) {
+          uint32_t raw[4];  // [chunk half][token half]
+          ldmatrix_x4_trans(raw, vs + swz_rows<C::kRowBytesKV>(lrow, 2 * qp + lhalf));
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const uint32_t lo = __byte_perm(raw[2 * h], 0, 0x3120), hi = __byte_perm(raw[2 * h + 1], 0, 0x3120);
+            const uint32_t a[4] = {e4m3x2_to<TM>(lo & 0xffff), e4m3x2_to<TM>(lo >> 16), e4m3x2_to<TM>(hi & 0xffff),
+                                   e4m3x2_to<TM>(hi >> 16)};
+            mma_16816<TM>(o[2 * qp + h], a, pb);
+          }
+        }
+      } else {
+        // O^T += V^T P^T: V^T's 16 x 16 A tile (dims x tokens) by a transposed ldmatrix of the V rows
+        const int vrow = warp * 16 + ((lane >> 4) & 1) * 8 + (lane & 7), vhalf = (lane >> 3) & 1;
+#pragma unroll
+        for (int md = 0; md < D / 16; ++md) {
+          uint32_t a[4];
+          ldmatrix_x4_trans(a, vs + swz<D>(vrow, 2 * md + vhalf));
+          mma_16816<TQ>(o[md], a, pb);
+        }
       }
     }
   };
@@ -817,12 +851,12 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   }
   if constexpr (kSwap) {
 #pragma unroll
-    for (int md = 0; md < D / 16; ++md) {
-      const int dim = md * 16 + (lane >> 2);
+    for (int md = 0; md < D / 16; ++md) {  // fp8: rows g / g + 8 of a tile are dims 2g / 2g + 1 of its chunk
+      const int dim = md * 16 + (C::kFp8 ? 2 : 1) * (lane >> 2), dim2 = dim + (C::kFp8 ? 1 : 8);
       obuf[h0 * D + dim] = o[md][0];
       obuf[(h0 + 1) * D + dim] = o[md][1];
-      obuf[h0 * D + dim + 8] = o[md][2];
-      obuf[(h0 + 1) * D + dim + 8] = o[md][3];
+      obuf[h0 * D + dim2] = o[md][2];
+      obuf[(h0 + 1) * D + dim2] = o[md][3];
     }
   } else if constexpr (C::kFp8) {  // o[2q] / o[2q+1] hold dims 16q + 4c + {0, 2} / {1, 3}
 #pragma unroll

@@ -473,14 +473,16 @@ def test_pid_ahead_variant_against_reference(kv_fp8, d, page, splits):
     _merge_variant_against_reference(kv_fp8, d, page, splits, dict(pid_ahead=True), replays=2, poison_pool=True)
 
 
-@pytest.mark.parametrize("d,page", [(64, 1), (64, 16), (128, 1), (128, 16), (256, 16)])
+@pytest.mark.parametrize("kv_fp8,d,page", [(False, 64, 1), (False, 64, 16), (False, 128, 1), (False, 128, 16),
+                                           (False, 256, 16), (True, 64, 16), (True, 128, 1), (True, 128, 16),
+                                           (True, 256, 16)])
 @pytest.mark.parametrize("splits", [None, 8])
 @pytest.mark.parametrize("pdl", [None, False])
-def test_swap_ab_variant_against_reference(d, page, splits, pdl):
-    """swap_ab=True (experiment 50): the tokens are the M side of both tensor-core products and q stays in registers;
-    with the H200's early loads and launched plainly, NaN in every unowned pool slot, graph replays equal to the
-    eager launch."""
-    _merge_variant_against_reference(False, d, page, splits, dict(swap_ab=True, pdl=pdl), replays=2,
+def test_swap_ab_variant_against_reference(kv_fp8, d, page, splits, pdl):
+    """swap_ab=True (experiments 50, 51): the tokens are the M side of both tensor-core products and q stays in
+    registers, 16-bit and fp8 KV (raw e4m3 operands, fp16 mma at head_dim 128); with the H200's early loads and
+    launched plainly, NaN in every unowned pool slot, graph replays equal to the eager launch."""
+    _merge_variant_against_reference(kv_fp8, d, page, splits, dict(swap_ab=True, pdl=pdl), replays=2,
                                      poison_pool=True)
 
 
