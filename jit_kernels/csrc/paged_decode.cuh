@@ -199,6 +199,32 @@ __device__ __forceinline__ int split_chunk(int len, const DecodeParams& p) {
   return max((chunk + 15) & ~15, p.min_chunk);
 }
 
+// One online-softmax step (log2 domain) for a lane's two rows: heads-as-M, q heads lane/4 and lane/4 + 8; swapped,
+// heads 2c and 2c + 1. mx holds the lane's max of the tile's scores per row and is reduced here over the lanes that
+// share the row (xor masks kMask0, 2 kMask0, ... below kMaskEnd). Returns whether a row's reference max moved.
+template <int kMask0, int kMaskEnd>
+__device__ __forceinline__ bool online_softmax_step(float (&mx)[2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                                    float (&muse)[2]) {
+  bool grow = false;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int mask = kMask0; mask < kMaskEnd; mask <<= 1) mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], mask));
+    float mnew = fmaxf(m[r], mx[r]);
+    if constexpr (KVP_LAZY_RESCALE) {
+      // keep the reference max while the tile's max exceeds it by at most the slack (P stays <= 2^slack): the
+      // rescale then runs only in the few tiles where some row's max jumps (the first one, mostly)
+      if (!(mnew > m[r] + kRescaleSlack)) mnew = m[r];
+      grow |= mnew != m[r];
+    }
+    muse[r] = mnew == -CUDART_INF_F ? 0.f : mnew;
+    alpha[r] = exp2f(m[r] - muse[r]);
+    m[r] = mnew;
+    l[r] *= alpha[r];
+  }
+  return grow;
+}
+
 // PDL prologue: the block may be running before the previous kernel in the stream has finished, so nothing it
 // reads can be trusted until griddep_wait(). It only warms L2 with what its first STAGES-1 tiles need: the
 // page-table lines and those tiles' K/V rows. A stale or garbage page id is clamped into the pool and a prefetch
@@ -586,22 +612,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
         mx[e & 1] = fmaxf(mx[e & 1], x);
       }
       float alpha[2], muse[2];
-      bool grow = false;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {  // a head's max over the 16 tokens: the 8 lanes of its column
-        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffff, mx[j], 4));
-        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffff, mx[j], 8));
-        mx[j] = fmaxf(mx[j], __shfl_xor_sync(0xffffffff, mx[j], 16));
-        float mnew = fmaxf(m[j], mx[j]);
-        if constexpr (KVP_LAZY_RESCALE) {
-          if (!(mnew > m[j] + kRescaleSlack)) mnew = m[j];
-          grow |= mnew != m[j];
-        }
-        muse[j] = mnew == -CUDART_INF_F ? 0.f : mnew;
-        alpha[j] = exp2f(m[j] - muse[j]);
-        m[j] = mnew;
-        l[j] *= alpha[j];
-      }
+      const bool grow = online_softmax_step<4, 32>(mx, m, l, alpha, muse);  // a head's column: 8 lanes
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         st[e] = exp2f(st[e] - muse[e & 1]);
@@ -749,23 +760,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       }
     }
     float alpha[2], muse[2];
-    bool grow = false;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
-      float mnew = fmaxf(m[r], mx[r]);
-      if constexpr (KVP_LAZY_RESCALE) {
-        // keep the reference max while the tile's max exceeds it by at most the slack (P stays <= 2^slack): the
-        // rescale below then runs only in the few tiles where some row's max jumps (the first one, mostly)
-        if (!(mnew > m[r] + kRescaleSlack)) mnew = m[r];
-        grow |= mnew != m[r];
-      }
-      muse[r] = mnew == -CUDART_INF_F ? 0.f : mnew;
-      alpha[r] = exp2f(m[r] - muse[r]);
-      m[r] = mnew;
-      l[r] *= alpha[r];
-    }
+    const bool grow = online_softmax_step<1, 4>(mx, m, l, alpha, muse);  // a q head's row: 4 lanes
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
