@@ -58,7 +58,7 @@ class DecodeConfig:
     early_kv: bool = False  # with pdl: the first tiles load before griddepcontrol.wait, but the newest token (exp. 38)
     pid_ahead: bool = False  # the main loop's page ids load four iterations ahead instead of one (experiment 44)
     old_loads: bool = False  # the tile copy as before experiment 47, zero-fill operand on every row (old_loads_default)
-    swap_ab: bool = False  # 16-bit KV, group <= 8: tokens as the mma's M side, heads as its N side (experiment 50)
+    swap_ab: bool = False  # group <= 8, q in 16 bits: tokens as the mma's M side, heads as its N side (exp. 50, 51)
 
     def defines(self) -> list[str]:
         return [
