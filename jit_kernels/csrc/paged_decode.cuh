@@ -4,7 +4,8 @@
 // STAGES-deep cp.async ring in shared memory; PF tiles further ahead are requested into L2 with bulk prefetches,
 // so with short splits every byte a block needs is in flight from its first microsecond. Page ids are resolved
 // KVP_PID_AHEAD iterations before they are needed (held in registers, then written to a small ring of row offsets).
-// The q heads of one kv head (the GQA group, 1..16) are the 16 rows of m16n8k16 tensor-core products.
+// The q heads of one kv head (the GQA group, 1..16) are the 16 rows of m16n8k16 tensor-core products, or, with
+// KVP_SWAP_AB (groups <= 8), the 8 columns, with the warp's 16 tokens as the rows.
 // fp8 KV is converted in registers while the mma operands are built (ldmatrix on the raw bytes), never in smem.
 // When a request is split, each split writes a partial (o, lse) and the last split to finish merges them.
 #pragma once
