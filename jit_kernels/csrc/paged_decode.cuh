@@ -820,14 +820,9 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   // ---- combine the 4 warps
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    if constexpr (kSwap) {  // a head's sum over its column's 8 lanes
-      l[r] += __shfl_xor_sync(0xffffffff, l[r], 4);
-      l[r] += __shfl_xor_sync(0xffffffff, l[r], 8);
-      l[r] += __shfl_xor_sync(0xffffffff, l[r], 16);
-    } else {
-      l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
-      l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
-    }
+#pragma unroll
+    for (int mask = kSwap ? 4 : 1; mask < (kSwap ? 32 : 4); mask <<= 1)  // the lanes sharing the row (as in the loop)
+      l[r] += __shfl_xor_sync(0xffffffff, l[r], mask);
   }
   __syncthreads();  // every warp is done with the stages, which the reduction buffer aliases
   float* red_m = reinterpret_cast<float*>(smem + C::kOffRed);
