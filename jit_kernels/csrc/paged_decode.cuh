@@ -226,6 +226,32 @@ __device__ __forceinline__ bool online_softmax_step(float (&mx)[2], float (&m)[2
   return grow;
 }
 
+// The online softmax's rescale of a lane's accumulators: heads-as-M, elements 0, 1 are row lane/4 and 2, 3 row
+// lane/4 + 8; swapped (kHeadCols), elements 0, 2 are head 2c and 1, 3 head 2c + 1.
+template <bool kHeadCols, int N>
+__device__ __forceinline__ void rescale_o(float (&o)[N][4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[i][e] *= alpha[kHeadCols ? (e & 1) : (e >> 1)];
+  }
+}
+
+// Raw e4m3 V rows, chunks 2qp and 2qp + 1 of the warp's 16 tokens, through a transposed 16-bit ldmatrix and a byte
+// permute: the low half of lo[h] / hi[h] is dim 2g of tokens 2c, 2c + 1 (0-7 / 8-15) of chunk 2qp + h, the high half
+// dim 2g + 1 (g = lane / 4, c = lane % 4).
+template <int RB>
+__device__ __forceinline__ void ld_v_e4m3_pairs(const uint8_t* vs, int lrow, int lhalf, int qp, uint32_t (&lo)[2],
+                                                uint32_t (&hi)[2]) {
+  uint32_t raw[4];  // [chunk half][token half]
+  ldmatrix_x4_trans(raw, vs + swz_rows<RB>(lrow, 2 * qp + lhalf));
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    lo[h] = __byte_perm(raw[2 * h], 0, 0x3120);
+    hi[h] = __byte_perm(raw[2 * h + 1], 0, 0x3120);
+  }
+}
+
 // PDL prologue: the block may be running before the previous kernel in the stream has finished, so nothing it
 // reads can be trusted until griddep_wait(). It only warms L2 with what its first STAGES-1 tiles need: the
 // page-table lines and those tiles' K/V rows. A stale or garbage page id is clamped into the pool and a prefetch
@@ -619,15 +645,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
         st[e] = exp2f(st[e] - muse[e & 1]);
         l[e & 1] += st[e];
       }
-      if (!KVP_LAZY_RESCALE || __any_sync(0xffffffff, grow)) {
-#pragma unroll
-        for (int i = 0; i < kOTiles; ++i) {
-          o[i][0] *= alpha[0];
-          o[i][1] *= alpha[1];
-          o[i][2] *= alpha[0];
-          o[i][3] *= alpha[1];
-        }
-      }
+      if (!KVP_LAZY_RESCALE || __any_sync(0xffffffff, grow)) rescale_o<true>(o, alpha);
       // P^T as the B operand (tokens x heads): lane 4h + c needs tokens 2c, 2c+1 (and + 8) of head h
       const uint32_t pb[2] = {movmatrix_trans(pack2<TM>(st[0], st[1])), movmatrix_trans(pack2<TM>(st[2], st[3]))};
       if constexpr (C::kFp8) {
@@ -635,13 +653,12 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
         // tokens 2c, 2c+1; the byte permute makes the even dim the A tile's row g and the odd dim its row g + 8
 #pragma unroll
         for (int qp = 0; qp < D / 32; ++qp) {
-          uint32_t raw[4];  // [chunk half][token half]
-          ldmatrix_x4_trans(raw, vs + swz_rows<C::kRowBytesKV>(lrow, 2 * qp + lhalf));
+          uint32_t lo[2], hi[2];
+          ld_v_e4m3_pairs<C::kRowBytesKV>(vs, lrow, lhalf, qp, lo, hi);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const uint32_t lo = __byte_perm(raw[2 * h], 0, 0x3120), hi = __byte_perm(raw[2 * h + 1], 0, 0x3120);
-            const uint32_t a[4] = {e4m3x2_to<TM>(lo & 0xffff), e4m3x2_to<TM>(lo >> 16), e4m3x2_to<TM>(hi & 0xffff),
-                                   e4m3x2_to<TM>(hi >> 16)};
+            const uint32_t a[4] = {e4m3x2_to<TM>(lo[h] & 0xffff), e4m3x2_to<TM>(lo[h] >> 16),
+                                   e4m3x2_to<TM>(hi[h] & 0xffff), e4m3x2_to<TM>(hi[h] >> 16)};
             mma_16816<TM>(o[2 * qp + h], a, pb);
           }
         }
@@ -770,15 +787,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
         l[e >> 1] += s[nt][e];
       }
     }
-    if (!KVP_LAZY_RESCALE || __any_sync(0xffffffff, grow)) {  // warp-uniform; alpha is 1 in rows that kept theirs
-#pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        o[i][0] *= alpha[0];
-        o[i][1] *= alpha[0];
-        o[i][2] *= alpha[1];
-        o[i][3] *= alpha[1];
-      }
-    }
+    if (!KVP_LAZY_RESCALE || __any_sync(0xffffffff, grow)) rescale_o<false>(o, alpha);  // alpha 1 where m kept
     const uint32_t pa[4] = {pack2<TM>(s[0][0], s[0][1]), pack2<TM>(s[0][2], s[0][3]), pack2<TM>(s[1][0], s[1][1]),
                             pack2<TM>(s[1][2], s[1][3])};
     if constexpr (C::kFp8) {
@@ -787,13 +796,12 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       // of chunk q, o[2q+1] the odd ones.
 #pragma unroll
       for (int qp = 0; qp < D / 32; ++qp) {
-        uint32_t raw[4];  // [chunk half][token half]
-        ldmatrix_x4_trans(raw, vs + swz_rows<C::kRowBytesKV>(lrow, 2 * qp + lhalf));
+        uint32_t lo[2], hi[2];
+        ld_v_e4m3_pairs<C::kRowBytesKV>(vs, lrow, lhalf, qp, lo, hi);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const uint32_t lo = __byte_perm(raw[2 * h], 0, 0x3120), hi = __byte_perm(raw[2 * h + 1], 0, 0x3120);
-          const uint32_t even[2] = {e4m3x2_to<TM>(lo & 0xffff), e4m3x2_to<TM>(hi & 0xffff)};
-          const uint32_t odd[2] = {e4m3x2_to<TM>(lo >> 16), e4m3x2_to<TM>(hi >> 16)};
+          const uint32_t even[2] = {e4m3x2_to<TM>(lo[h] & 0xffff), e4m3x2_to<TM>(hi[h] & 0xffff)};
+          const uint32_t odd[2] = {e4m3x2_to<TM>(lo[h] >> 16), e4m3x2_to<TM>(hi[h] >> 16)};
           mma_16816<TM>(o[2 * (2 * qp + h)], pa, even);
           mma_16816<TM>(o[2 * (2 * qp + h) + 1], pa, odd);
         }
