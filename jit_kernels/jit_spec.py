@@ -105,7 +105,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     before the PDL wait; ``pid_ahead`` (None: ``pid_ahead_default``) loads the main loop's page ids four iterations
     ahead instead of one; ``old_loads`` builds the tile copy as before experiment 47 (None: ``old_loads_default``);
     ``swap_ab`` (GQA group <= 8, q in 16 bits) computes S^T = K Q^T and O^T = V^T P^T, tokens as the mma's M side
-    (experiment 50; None: ``swap_ab_default`` for ``group``, the q heads per kv head the module serves, where None
+    (experiments 50, 51; None: ``swap_ab_default`` for ``group``, the q heads per kv head the module serves, where None
     stands for a group of at most 8, as in every model served here).
     ``gpu_name`` (``torch.cuda.get_device_name``) picks the defaults measured on that card; "" means the H100's."""
     if f16_math is None:
@@ -121,7 +121,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     if old_loads is None:
         old_loads = old_loads_default(kv_fp8, head_dim, pdl)
     if swap_ab is None:
-        swap_ab = swap_ab_default(kv_fp8, head_dim, group)
+        swap_ab = swap_ab_default(kv_fp8, head_dim, group, fp8_q)
     if late_trigger is None:  # with the early loads, small batch-1 grids release late at run time instead
         late_trigger = pdl and not early_kv and late_trigger_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
@@ -188,12 +188,16 @@ def old_loads_default(kv_fp8: bool, head_dim: int, pdl: bool) -> bool:
     return head_dim == 64 and not kv_fp8 and not pdl
 
 
-def swap_ab_default(kv_fp8: bool, head_dim: int, group: int | None = None) -> bool:
-    """Tokens as the M side of both tensor-core products for 16-bit KV at head_dim 64 and 128 with a GQA group of at
-    most 8 (``group`` None: such a group). Experiment 50 (H200): PDL grids geomean 0.973 (bf16), 0.967 (group 7),
-    0.981 (head_dim 64), no shape slower; the served 1B and 8B steps launched plainly −1 … −5 % on every shape. The
-    H100 is unmeasured (the saving is instructions per tile); head_dim 256 was tested, not measured."""
-    return not kv_fp8 and head_dim in (64, 128) and (group is None or group <= 8)
+def swap_ab_default(kv_fp8: bool, head_dim: int, group: int | None = None, fp8_q: bool = False) -> bool:
+    """Tokens as the M side of both tensor-core products for 16-bit KV at head_dim 64 and 128 and fp8 KV at head_dim
+    128 (q in 16 bits), with a GQA group of at most 8 (``group`` None: such a group). Experiment 50 (H200, 16-bit KV):
+    PDL grids geomean 0.973 (bf16), 0.967 (group 7), 0.981 (head_dim 64), no shape slower; the served 1B and 8B steps
+    launched plainly −1 … −5 % on every shape. Experiment 51 (H200, fp8 KV): PDL grid geomean 0.921, plain 0.947, no
+    shape slower than +0.2 %. The H100 is unmeasured (the saving is instructions per tile); head_dim 256 and fp8 at
+    head_dim 64 were tested, not measured."""
+    if group is not None and group > 8:
+        return False
+    return head_dim == 128 and not fp8_q if kv_fp8 else head_dim in (64, 128)
 
 
 def f16_math_default(q_dtype: str, kv_fp8: bool, head_dim: int, fp8_q: bool = False) -> bool:

@@ -115,9 +115,11 @@ def configs(which: str) -> list[DecodeConfig]:
         # the 16-bit families' H200 defaults with the heads as the mma's M side, and head_dim 256 swapped
         cfgs += [make_config(q, False, d, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=d == 256)
                  for q in ("bf16", "f16") for d in (64, 128, 256) for p in (None, False)]
-        # experiment 51 (kernel_bench --fp8 --variant kvprefetch_sw and the GPU test): fp8 KV with the swapped products
+        # experiment 51 (kernel_bench --fp8 --variant kvprefetch[_nopdl]_nsw and the GPU test): fp8 KV with the swapped
+        # products (the default at head_dim 128 since session 22) and the H200's fp8 default with the heads as M
         cfgs += [make_config(q, True, d, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=True)
                  for q in ("bf16", "f16") for d in (64, 128, 256) for p in (None, False)]
+        cfgs += [make_config("bf16", True, 128, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=False) for p in (None, False)]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
