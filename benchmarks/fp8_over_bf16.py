@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import grid_targets as gt  # noqa: E402
 import kernel_rows as kr  # noqa: E402
 import results_io as rio  # noqa: E402
 
@@ -21,7 +22,7 @@ HALF_GB = 0.5e9
 
 
 def bf16_kv_bytes(r: Dict[str, Any]) -> int:
-    return r["batch"] * r["ctx"] * r["num_kv_heads"] * r["head_dim"] * 2 * 2
+    return gt.kv_bytes(r, "bf16")
 
 
 def compare(fp8: Dict[str, Any], bf16: Dict[str, Any], kernel: str = "kvprefetch") -> List[Dict[str, Any]]:

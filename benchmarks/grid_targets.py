@@ -22,8 +22,9 @@ GEOMEAN_KV_BYTES = 256 * 2**20
 NEVER_BEHIND = 0.98
 
 
-def kv_bytes(r: Dict[str, Any]) -> int:
-    return r["batch"] * r["ctx"] * r["num_kv_heads"] * r["head_dim"] * 2 * kg.KV_DTYPES[r["kv_dtype"]]
+def kv_bytes(r: Dict[str, Any], kv_dtype: str | None = None) -> int:
+    """K + V bytes per layer of a row's shape, in its own KV type or in ``kv_dtype``."""
+    return r["batch"] * r["ctx"] * r["num_kv_heads"] * r["head_dim"] * 2 * kg.KV_DTYPES[kv_dtype or r["kv_dtype"]]
 
 
 def summarize(doc: Dict[str, Any], kernel: str = "kvprefetch") -> List[Dict[str, Any]]:

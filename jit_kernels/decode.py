@@ -112,8 +112,8 @@ class BatchDecodeWithPagedKVCache:
     head_dim 64) loads the main loop's page ids four iterations before their rows are needed instead of one
     (experiment 44). ``old_loads`` (None: ``old_loads_default``: 16-bit KV at head_dim 64 launched plainly) builds the
     tile copy as before experiment 47. ``swap_ab`` (GQA group <= 8, q in 16 bits; None: ``swap_ab_default``, on for
-    16-bit KV at head_dim 64 and 128 and fp8 KV at head_dim 128) makes the tokens the M side of the tensor-core products and the heads their N
-    side, halving the padded work per tile (experiments 50, 51).
+    16-bit KV at head_dim 64 and 128 and fp8 KV at head_dim 128) makes the tokens the M side of the tensor-core
+    products and the heads their N side, halving the padded work per tile (experiments 50, 51).
     """
 
     def __init__(

@@ -197,7 +197,7 @@ def swap_ab_default(kv_fp8: bool, head_dim: int, group: int | None = None, fp8_q
     head_dim 64 were tested, not measured."""
     if group is not None and group > 8:
         return False
-    return head_dim == 128 and not fp8_q if kv_fp8 else head_dim in (64, 128)
+    return (head_dim == 128 and not fp8_q) if kv_fp8 else head_dim in (64, 128)
 
 
 def f16_math_default(q_dtype: str, kv_fp8: bool, head_dim: int, fp8_q: bool = False) -> bool:
