@@ -260,12 +260,14 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
     fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), at most two blocks per SM
-    (``kvprefetch_b2``), PDL released after the main loop or at the start (``kvprefetch_pdl_lt`` / ``_et``), the cluster merge
-    (``kvprefetch_cm``), whole-token-row L2 prefetch (``kvprefetch_pp``), TMA tile loads (``kvprefetch_tma``), KV loads before the PDL
-    wait (``kvprefetch_pdl_ek``), no late release for small batch-1 grids (``kvprefetch_nar``), page ids four loop
-    iterations ahead or one (``kvprefetch_pa`` / ``kvprefetch_npa``), the tile copy as before experiment 47
-    (``kvprefetch_ol``), tokens or heads as the mma's M side (``kvprefetch_sw`` / ``kvprefetch_nsw``), short requests'
-    splits planned for n blocks per SM (``kvprefetch_sb<n>``), a fixed split count (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's default."""
+    (``kvprefetch_b2``), PDL released after the main loop or at the start (``kvprefetch_pdl_lt`` / ``_et``), the
+    cluster merge (``kvprefetch_cm``), whole-token-row L2 prefetch (``kvprefetch_pp``), TMA tile loads
+    (``kvprefetch_tma``), KV loads before the PDL wait (``kvprefetch_pdl_ek``), no late release for small batch-1 grids
+    (``kvprefetch_nar``), page ids four loop iterations ahead or one (``kvprefetch_pa`` / ``kvprefetch_npa``), the tile
+    copy as before experiment 47 (``kvprefetch_ol``), tokens or heads as the mma's M side (``kvprefetch_sw`` /
+    ``kvprefetch_nsw``), short requests' splits planned for n blocks per SM (``kvprefetch_sb<n>``), a fixed split
+    count (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's
+    default."""
     if splits and short_blocks:
         raise ValueError(f"short_blocks: a fixed split count ({splits}) already sets the short requests' splits; "
                          f"expected one of the two, got short_blocks={short_blocks}")
