@@ -45,8 +45,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     help="with --pdl: release the next launch after the main loop (experiment 23)")
     ap.add_argument("--copy", choices=("old", "new"), default=None,
                     help="both modules with the tile copy before / after experiment 47 (default: the product's)")
-    ap.add_argument("--release-merge", action="store_true",
-                    help="both modules count finished splits by one acquire-release atomic (experiment 52)")
     ap.add_argument("--cold", action="store_true",
                     help="one launch per graph, rotating over layers until each one's KV has left L2 (cold regime)")
     ap.add_argument("--out", type=Path, required=True)
@@ -60,8 +58,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def measure(shape, layers: int, device, pdl: Optional[bool] = None, grid_splits=None, two_blocks: bool = False,
-            late_trigger: bool = False, old_loads: Optional[bool] = None, cold_sets: int = 0,
-            release_merge: bool = False) -> dict:
+            late_trigger: bool = False, old_loads: Optional[bool] = None, cold_sets: int = 0) -> dict:
     """One shape's timeline: ``layers`` launches back to back in one graph, or with ``cold_sets`` one launch per
     graph over that many layers (each replayed once while traced)."""
     import torch
@@ -75,7 +72,7 @@ def measure(shape, layers: int, device, pdl: Optional[bool] = None, grid_splits=
     for trace in (False, True):
         w = cls(shape.num_qo_heads, shape.num_kv_heads, shape.head_dim, shape.page_size, Q_TORCH, prob.kv_dtype, device,
                 max_batch_size=256, trace=trace, pdl=pdl, two_blocks=two_blocks, late_trigger=late_trigger or None,
-                old_loads=old_loads, release_merge=release_merge)
+                old_loads=old_loads)
         w.plan(prob.kv_indptr, prob.kv_indices, prob.kv_last_page_len)
         wrappers[trace] = w
     out = torch.empty_like(prob.q)
@@ -138,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.cold:
             layers, cold_sets = kg.plan_layers(shape.pool_bytes, budget, props.L2_cache_size, base_layers=args.layers)
         rows.append(measure(shape, layers, device, pdl, args.grid_splits, args.two_blocks, args.late_trigger, old_loads,
-                            cold_sets, args.release_merge))
+                            cold_sets))
         r = rows[-1]
         print(f"{r['shape']}: {r['us_per_layer']:.1f} us/layer (trace build {r['us_per_layer_trace']:.1f}), "
               f"span {r['summary']['median']['span']:.1f} us, err {r['max_rel_err']:.1e}", flush=True)
@@ -147,7 +144,6 @@ def main(argv: Optional[List[str]] = None) -> int:
            "config": {"page_size": args.page_size, "kv": args.kv, "head_dim": args.head_dim,
                       "pdl_flag": {True: "pdl", False: "no_pdl"}.get(pdl), "grid_splits": args.grid_splits,
                       "two_blocks": args.two_blocks, "late_trigger": args.late_trigger, "copy": args.copy,
-                      "release_merge": args.release_merge,
                       "regime": "cold" if args.cold else "in_sequence"},
            "rows": rows}
     slug += {True: "-pdl", False: "-nopdl"}.get(pdl, "")
@@ -155,7 +151,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     slug += "-b2" if args.two_blocks else ""
     slug += "-lt" if args.late_trigger else ""
     slug += {"old": "-ol", "new": "-nol"}.get(args.copy, "")
-    slug += "-rm" if args.release_merge else ""
     slug += "-cold" if args.cold else ""
     rio.write_json(args.out / f"timeline-{slug}.json", doc)
     md = (f"# Block timeline (experiment 18) — {props.name}\n\ncommit `{doc['commit']}`; page {args.page_size}, "

@@ -113,9 +113,7 @@ class BatchDecodeWithPagedKVCache:
     (experiment 44). ``old_loads`` (None: ``old_loads_default``: 16-bit KV at head_dim 64 launched plainly) builds the
     tile copy as before experiment 47. ``swap_ab`` (GQA group <= 8, q in 16 bits; None: ``swap_ab_default``, on for
     16-bit KV at head_dim 64 and 128 and fp8 KV at head_dim 128) makes the tokens the M side of the tensor-core
-    products and the heads their N side, halving the padded work per tile (experiments 50, 51). ``release_merge``
-    counts a request's finished splits with one acquire-release atomic after the block barrier instead of a
-    __threadfence in every thread (experiment 52).
+    products and the heads their N side, halving the padded work per tile (experiments 50, 51).
     """
 
     def __init__(
@@ -145,7 +143,6 @@ class BatchDecodeWithPagedKVCache:
         pid_ahead: bool | None = None,
         old_loads: bool | None = None,
         swap_ab: bool | None = None,
-        release_merge: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -190,7 +187,7 @@ class BatchDecodeWithPagedKVCache:
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
-                           ("page_prefetch", page_prefetch), ("tma", tma), ("release_merge", release_merge)):
+                           ("page_prefetch", page_prefetch), ("tma", tma)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
         for name, opt in (("pid_ahead", pid_ahead), ("old_loads", old_loads), ("swap_ab", swap_ab)):
@@ -217,8 +214,7 @@ class BatchDecodeWithPagedKVCache:
         gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
-                                  cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads, swap_ab, group,
-                                  release_merge)
+                                  cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads, swap_ab, group)
         if early_kv and (not self.config.pdl or tma):
             raise ValueError(f"early_kv: expected False unless the launch uses PDL (pdl resolved to "
                              f"{self.config.pdl}) on the cp.async path (tma={tma})")

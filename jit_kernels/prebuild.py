@@ -120,13 +120,6 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config(q, True, d, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=True)
                  for q in ("bf16", "f16") for d in (64, 128, 256) for p in (None, False)]
         cfgs += [make_config("bf16", True, 128, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=False) for p in (None, False)]
-        # experiment 52 (kernel_bench / step_context_bench --kernels kvprefetch[_nopdl]_rm, block_timeline.py
-        # --release-merge, the GPU test): the H200 defaults of the three families, the trace builds, and the tested
-        # families at head_dim 256 and fp8 head_dim 64, with the split count by one acquire-release atomic
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, trace=t, release_merge=True)
-                 for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False) for t in (False, True)]
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, release_merge=True)
-                 for fp8, d in ((True, 64), (False, 256)) for p in (None, False)]
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module

@@ -55,9 +55,6 @@
 #ifndef KVP_SWAP_AB
 #define KVP_SWAP_AB 0  // GQA group <= 8: S^T = K Q^T and O^T = V^T P^T, the tokens as the mma's M (exp. 50, 51)
 #endif
-#ifndef KVP_RELEASE_MERGE
-#define KVP_RELEASE_MERGE 0  // the split count by one acq_rel atomic after the barrier, no fence per thread (exp. 52)
-#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -989,18 +986,12 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
 #endif
   // ---- the last split of (request, kv head) to finish merges all partials; no second launch
   int* flag = reinterpret_cast<int*>(smem + C::kOffFlag);
-#if !KVP_RELEASE_MERGE
-  __threadfence();
-#endif
+  // Experiment 52: the barrier orders every thread's partial stores before thread 0's release, and its acquire
+  // before the merge's loads (L2 reads with .cg), so no thread needs a __threadfence (MEMBAR.SC) of its own
   __syncthreads();
   if (tid == 0) {
     int32_t* ctr = p.counters + (int64_t)b * p.num_kv_heads + head;
-#if KVP_RELEASE_MERGE
-    // the barrier orders every thread's partial stores before this release, and this acquire before the merge's loads
     const int done = atom_add_acq_rel_gpu(ctr, 1);
-#else
-    const int done = atomicAdd(ctr, 1);
-#endif
     const bool last = done == n_act - 1;
     if (last) *ctr = 0;  // ready for the next launch (CUDA-graph replays reuse the counters)
     *flag = last;
@@ -1011,9 +1002,6 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
     KVP_TRACE_OUT(kTrPartial, n_act, ntiles);
     return;
   }
-#if !KVP_RELEASE_MERGE
-  __threadfence();
-#endif
   // split weights once: lse of every (split, row) into shared memory in one round of loads, then normalised
   float* w = reinterpret_cast<float*>(smem + C::kOffK);  // [n_act][group]; the stages are free again
   const int nw = n_act * group;

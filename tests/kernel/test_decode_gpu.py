@@ -486,18 +486,6 @@ def test_swap_ab_variant_against_reference(kv_fp8, d, page, splits, pdl):
                                      poison_pool=True)
 
 
-@pytest.mark.parametrize("kv_fp8,d,page", [(False, 64, 1), (False, 64, 16), (False, 128, 1), (False, 128, 16),
-                                           (False, 256, 16), (True, 64, 16), (True, 128, 1), (True, 128, 16)])
-@pytest.mark.parametrize("splits", [None, 8])
-@pytest.mark.parametrize("pdl", [None, False])
-def test_release_merge_variant_against_reference(kv_fp8, d, page, splits, pdl):
-    """release_merge=True (experiment 52): the splits are counted by one acquire-release atomic after the block
-    barrier and the merger reads the partials with no fence of its own; NaN in every unowned pool slot, graph replays
-    equal to the eager launch and the counters back at zero."""
-    _merge_variant_against_reference(kv_fp8, d, page, splits, dict(release_merge=True, pdl=pdl), replays=3,
-                                     poison_pool=True)
-
-
 @pytest.mark.parametrize("hq,hkv,q_dtype", [(8, 8, torch.bfloat16), (16, 8, torch.float16), (28, 4, torch.bfloat16),
                                             (64, 8, torch.float16)])
 @pytest.mark.parametrize("page", [1, 16])

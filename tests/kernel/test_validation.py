@@ -48,7 +48,6 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(pid_ahead="yes"), "pid_ahead"),
     (dict(old_loads=1), "old_loads"),
     (dict(swap_ab=1), "swap_ab"),
-    (dict(release_merge=1), "release_merge"),
     (dict(swap_ab=True, num_qo_heads=128), "swap_ab"),
     (dict(swap_ab=True, kv_dtype=torch.float8_e4m3fn, fp8_q=True), "swap_ab"),
 ])
