@@ -87,8 +87,8 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", late_trigger=True)
                  for fp8, d in ((True, 128), (False, 128), (False, 64))]
         # session 17's block timelines on the H200 (block_timeline.py: the trace build of each family's default)
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", trace=True)
-                 for fp8, d in ((True, 128), (False, 128), (False, 64))]
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", trace=True, pdl=p)
+                 for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False)]
         # experiment 44 (kernel_bench --variant kvprefetch_npa and the GPU test of pid_ahead): the H200 defaults with
         # one iteration of page-id lookahead, with and without PDL, and the two tested families without the default
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pid_ahead=False, pdl=p)
@@ -120,6 +120,21 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config(q, True, d, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=True)
                  for q in ("bf16", "f16") for d in (64, 128, 256) for p in (None, False)]
         cfgs += [make_config("bf16", True, 128, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=False) for p in (None, False)]
+        # experiment 53 (kernel_bench / step_context_bench --kernels kvprefetch[_nopdl]_ww, block_timeline.py
+        # --warp-weights, the GPU test): the H200 defaults of the three families, the trace builds, and the tested
+        # families at head_dim 256 and fp8 head_dim 64, with the merge's split weights one warp per row
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, trace=t, warp_weights=True)
+                 for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False) for t in (False, True)]
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, warp_weights=True)
+                 for fp8, d in ((True, 64), (False, 256)) for p in (None, False)]
+        cfgs.append(make_config("bf16", False, 128, 0, gpu_name="NVIDIA H200", group=16, warp_weights=True))
+        # experiment 54 (kernel_bench / step_context_bench --kernels kvprefetch[_nopdl]_cg, block_timeline.py
+        # --cluster-groups, the GPU test): the same modules with batch 1's splits merged in clusters of 8
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, trace=t, cluster_groups=True)
+                 for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False) for t in (False, True)]
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, cluster_groups=True)
+                 for fp8, d in ((True, 64), (False, 256)) for p in (None, False)]
+        cfgs.append(make_config("bf16", False, 128, 0, gpu_name="NVIDIA H200", group=16, cluster_groups=True))
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module
