@@ -116,10 +116,11 @@ class BatchDecodeWithPagedKVCache:
     16-bit KV at head_dim 64 and 128 and fp8 KV at head_dim 128) makes the tokens the M side of the tensor-core
     products and the heads their N side, halving the padded work per tile (experiments 50, 51). ``warp_weights``
     computes the merge's split weights one warp per row (shuffle reductions) instead of one thread per row
-    (experiment 53). ``cluster_groups`` launches grids more than 16 splits wide (batch 1; the planner rounds the
+    (experiment 53; with more than 16 partials, the serial loops below). ``cluster_groups`` launches grids more than 16 splits wide (batch 1; the planner rounds the
     width down to a multiple of 8) as clusters of 8 splits: each cluster merges its splits through distributed shared
     memory, into the output where a request's active splits fit one cluster, else into one partial per cluster for
-    the global merge (experiment 54).
+    the global merge (experiment 54). ``wide_merge`` loads the partials 16 per round of L2 loads in the merge
+    instead of 8 (experiment 55).
     """
 
     def __init__(
@@ -151,6 +152,7 @@ class BatchDecodeWithPagedKVCache:
         swap_ab: bool | None = None,
         warp_weights: bool = False,
         cluster_groups: bool = False,
+        wide_merge: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -196,7 +198,7 @@ class BatchDecodeWithPagedKVCache:
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
                            ("page_prefetch", page_prefetch), ("tma", tma), ("warp_weights", warp_weights),
-                           ("cluster_groups", cluster_groups)):
+                           ("cluster_groups", cluster_groups), ("wide_merge", wide_merge)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
         if cluster_groups and cluster_merge:
@@ -226,7 +228,7 @@ class BatchDecodeWithPagedKVCache:
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
                                   cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads, swap_ab, group,
-                                  warp_weights, cluster_groups)
+                                  warp_weights, cluster_groups, wide_merge)
         if early_kv and (not self.config.pdl or tma):
             raise ValueError(f"early_kv: expected False unless the launch uses PDL (pdl resolved to "
                              f"{self.config.pdl}) on the cp.async path (tma={tma})")

@@ -135,6 +135,15 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, cluster_groups=True)
                  for fp8, d in ((True, 64), (False, 256)) for p in (None, False)]
         cfgs.append(make_config("bf16", False, 128, 0, gpu_name="NVIDIA H200", group=16, cluster_groups=True))
+        # experiment 55 (--kernels kvprefetch[_nopdl][_ww]_wm, block_timeline.py --warp-weights --wide-merge, the GPU
+        # tests): 16 partials per round of the merge's loads, alone and with experiment 53
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, warp_weights=ww, wide_merge=True)
+                 for fp8, d in ((True, 128), (False, 128), (False, 64), (True, 64), (False, 256)) for p in (None, False)
+                 for ww in (False, True)]
+        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=False, trace=True, warp_weights=True,
+                             wide_merge=True) for fp8, d in ((True, 128), (False, 128), (False, 64))]
+        cfgs.append(make_config("bf16", False, 128, 0, gpu_name="NVIDIA H200", group=16, warp_weights=True,
+                                wide_merge=True))
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module

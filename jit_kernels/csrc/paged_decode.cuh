@@ -59,6 +59,9 @@
 #ifndef KVP_WARP_WEIGHTS
 #define KVP_WARP_WEIGHTS 0  // the merge's split weights: one warp per row with shuffles, not one thread (exp. 53)
 #endif
+#ifndef KVP_WIDE_MERGE
+#define KVP_WIDE_MERGE 0  // the merge loads the partials 16 splits per round of L2 loads instead of 8 (exp. 55)
+#endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
 #endif
@@ -138,6 +141,7 @@ struct DecodeParams {
 };
 
 constexpr int kMaxClusterSplits = 16;  // the largest (non-portable) cluster of sm_90
+constexpr int kWarpWeightsFrom = 16;  // warp_weights: more partials than this take the warp-per-row weights (exp. 53)
 
 template <typename TQ, typename TKV, int D, int STAGES, int PF>
 struct DecodeCfg {
@@ -1031,46 +1035,73 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   const int nw = n_parts * group;
   for (int i = tid; i < nw; i += C::kThreads) w[i] = __ldcg(p.part_lse + part_row0 + i);
   __syncthreads();
+  bool weighted = false;
 #if KVP_WARP_WEIGHTS
-  // Experiment 53: row r's max, sum and weights by warp r % kWarps, its lanes striding over the splits, instead of
-  // one thread's two serial loops over every split and a third pass (and barrier) for the weights
-  for (int r = warp; r < group; r += C::kWarps) {
-    float mmax = -CUDART_INF_F;
-    for (int s_i = lane; s_i < n_parts; s_i += 32) mmax = fmaxf(mmax, w[s_i * group + r]);
+  // Experiment 53: with many partials (batch 1), row r's max, sum and weights by warp r % kWarps, its lanes striding
+  // over them, instead of one thread's two serial loops and a third pass (and barrier) for the weights; with few
+  // the serial loops are as short as the shuffle rounds (run 26a)
+  if (n_parts > kWarpWeightsFrom) {
+    for (int r = warp; r < group; r += C::kWarps) {
+      float mmax = -CUDART_INF_F;
+      for (int s_i = lane; s_i < n_parts; s_i += 32) mmax = fmaxf(mmax, w[s_i * group + r]);
 #pragma unroll
-    for (int mask = 16; mask > 0; mask >>= 1) mmax = fmaxf(mmax, __shfl_xor_sync(0xffffffff, mmax, mask));
-    float wsum = 0.f;
-    for (int s_i = lane; s_i < n_parts; s_i += 32) wsum += exp2f(w[s_i * group + r] - mmax);
+      for (int mask = 16; mask > 0; mask >>= 1) mmax = fmaxf(mmax, __shfl_xor_sync(0xffffffff, mmax, mask));
+      float wsum = 0.f;
+      for (int s_i = lane; s_i < n_parts; s_i += 32) wsum += exp2f(w[s_i * group + r] - mmax);
 #pragma unroll
-    for (int mask = 16; mask > 0; mask >>= 1) wsum += __shfl_xor_sync(0xffffffff, wsum, mask);
-    const float inv = 1.f / wsum;
-    for (int s_i = lane; s_i < n_parts; s_i += 32) w[s_i * group + r] = exp2f(w[s_i * group + r] - mmax) * inv;
-    if (lane == 0) {
-      red_m[r] = mmax;
-      red_l[r] = wsum;
+      for (int mask = 16; mask > 0; mask >>= 1) wsum += __shfl_xor_sync(0xffffffff, wsum, mask);
+      const float inv = 1.f / wsum;
+      for (int s_i = lane; s_i < n_parts; s_i += 32) w[s_i * group + r] = exp2f(w[s_i * group + r] - mmax) * inv;
+      if (lane == 0) {
+        red_m[r] = mmax;
+        red_l[r] = wsum;
+      }
     }
+    __syncthreads();
+    weighted = true;
   }
-  __syncthreads();
-#else
-  if (tid < group) {
-    float mmax = -CUDART_INF_F;
-    for (int s_i = 0; s_i < n_parts; ++s_i) mmax = fmaxf(mmax, w[s_i * group + tid]);
-    float wsum = 0.f;
-    for (int s_i = 0; s_i < n_parts; ++s_i) wsum += exp2f(w[s_i * group + tid] - mmax);
-    red_m[tid] = mmax;
-    red_l[tid] = wsum;
-  }
-  __syncthreads();
-  for (int i = tid; i < nw; i += C::kThreads) {
-    const int r = i % group;
-    w[i] = exp2f(w[i] - red_m[r]) / red_l[r];
-  }
-  __syncthreads();
 #endif
+  if (!weighted) {
+    if (tid < group) {
+      float mmax = -CUDART_INF_F;
+      for (int s_i = 0; s_i < n_parts; ++s_i) mmax = fmaxf(mmax, w[s_i * group + tid]);
+      float wsum = 0.f;
+      for (int s_i = 0; s_i < n_parts; ++s_i) wsum += exp2f(w[s_i * group + tid] - mmax);
+      red_m[tid] = mmax;
+      red_l[tid] = wsum;
+    }
+    __syncthreads();
+    for (int i = tid; i < nw; i += C::kThreads) {
+      const int r = i % group;
+      w[i] = exp2f(w[i] - red_m[r]) / red_l[r];
+    }
+    __syncthreads();
+  }
   for (int i = tid; i < group * (D / 4); i += C::kThreads) {
     const int r = i / (D / 4), c4 = i % (D / 4);
     const float* src = p.part_o + (part_row0 + r) * D + c4 * 4;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#if KVP_WIDE_MERGE
+    // Experiment 55: 16 partials per round of L2 loads, every load of a round issued before any is used (the main
+    // loop's registers are free here), so 32 splits take two dependent rounds instead of four
+    constexpr int kRound = 16;
+    for (int s0 = 0; s0 < n_parts; s0 += kRound) {
+      float4 v[kRound];
+#pragma unroll
+      for (int j = 0; j < kRound; ++j)
+        if (s0 + j < n_parts) v[j] = __ldcg(reinterpret_cast<const float4*>(src + (int64_t)(s0 + j) * group * D));
+#pragma unroll
+      for (int j = 0; j < kRound; ++j) {
+        if (s0 + j < n_parts) {
+          const float ws = w[(s0 + j) * group + r];
+          acc.x += ws * v[j].x;
+          acc.y += ws * v[j].y;
+          acc.z += ws * v[j].z;
+          acc.w += ws * v[j].w;
+        }
+      }
+    }
+#else
 #pragma unroll 8
     for (int s_i = 0; s_i < n_parts; ++s_i) {
       const float ws = w[s_i * group + r];
@@ -1080,6 +1111,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       acc.z += ws * v.z;
       acc.w += ws * v.w;
     }
+#endif
     write_out(r, c4, acc, red_m[r] + log2f(red_l[r]));
   }
   KVP_STAMP(5, 0);
