@@ -56,8 +56,7 @@ def variant_name(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q
                  cluster_merge: bool = False, page_prefetch: bool = False, tma: bool = False,
                  early_kv: bool = False, adaptive_release: Optional[bool] = None,
                  pid_ahead: Optional[bool] = None, old_loads: Optional[bool] = None,
-                 short_blocks: Optional[int] = None, swap_ab: Optional[bool] = None,
-                 warp_weights: bool = False, cluster_groups: bool = False, wide_merge: bool = False) -> str:
+                 short_blocks: Optional[int] = None, swap_ab: Optional[bool] = None) -> str:
     """Kernel name of a kvprefetch experiment variant (kernel_bench --stages / --pdl / --fp8-q / --f16-math /
     --lazy-rescale / --two-blocks / --late-trigger / --cluster-merge / --variant ..._pp / ..._tma / ..._ek /
     --splits / --grid-splits: ``_x<splits>g<grid>``; --pdl / --no-pdl: ``_pdl`` / ``_nopdl``; late_trigger True / False:
@@ -65,22 +64,20 @@ def variant_name(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q
     for small batch-1 grids); ``_pa`` / ``_npa``: page ids four iterations ahead / one; None keeps the product default;
     ``_ol`` / ``_nol``: the tile copy as before experiment 47 / after it; ``_sb<n>``: short requests' splits planned for
     n blocks per SM instead of SHORT_BLOCKS_PER_SM, experiment 48; ``_sw`` / ``_nsw``: tokens as the mma's M side or
-    the heads, experiment 50; ``_ww``: the merge's split weights one warp per row, experiment 53; ``_cg``: clusters of 8 splits in grids
-    over 16 splits wide, experiment 54; ``_wm``: the merge's loads 16 partials per round, experiment 55)."""
+    the heads, experiment 50)."""
     pdl_tag = {True: "_pdl", False: "_nopdl"}.get(pdl, "")
     return ("kvprefetch" + (f"_s{stages}" if stages else "") + pdl_tag + ("_q8" if fp8_q else "")
             + ("_h16" if f16_math else "") + ("_lr" if lazy_rescale else "") + ("_b2" if two_blocks else "")
             + {True: "_lt", False: "_et"}.get(late_trigger, "") + ("_cm" if cluster_merge else "") + ("_pp" if page_prefetch else "")
             + ("_tma" if tma else "") + ("_ek" if early_kv else "") + ("_nar" if adaptive_release is False else "")
             + {True: "_pa", False: "_npa"}.get(pid_ahead, "") + {True: "_ol", False: "_nol"}.get(old_loads, "")
-            + {True: "_sw", False: "_nsw"}.get(swap_ab, "") + ("_ww" if warp_weights else "") + ("_cg" if cluster_groups else "") + ("_wm" if wide_merge else "")
-            + (f"_sb{short_blocks}" if short_blocks else "")
+            + {True: "_sw", False: "_nsw"}.get(swap_ab, "") + (f"_sb{short_blocks}" if short_blocks else "")
             + (f"_x{splits}" if splits else "")
             + (f"g{grid}" if splits and grid else ""))
 
 
 _VARIANT = re.compile(r"kvprefetch(?:_s(\d+))?(_pdl|_nopdl)?(_q8)?(_h16)?(_lr)?(_b2)?(_lt|_et)?(_cm)?(_pp)?(_tma)?(_ek)?(_nar)?"
-                      r"(_pa|_npa)?(_ol|_nol)?(_sw|_nsw)?(_ww)?(_cg)?(_wm)?(?:_sb(\d+))?(?:_x(\d+)(?:g(\d+))?)?")
+                      r"(_pa|_npa)?(_ol|_nol)?(_sw|_nsw)?(?:_sb(\d+))?(?:_x(\d+)(?:g(\d+))?)?")
 
 
 def parse_variant(name: str) -> Optional[Dict[str, Any]]:
@@ -98,10 +95,8 @@ def parse_variant(name: str) -> Optional[Dict[str, Any]]:
             "page_prefetch": bool(m.group(9)), "tma": bool(m.group(10)), "early_kv": bool(m.group(11)),
             "adaptive_release": False if m.group(12) else None, "pid_ahead": {"_pa": True, "_npa": False}.get(m.group(13)),
             "old_loads": {"_ol": True, "_nol": False}.get(m.group(14)),
-            "swap_ab": {"_sw": True, "_nsw": False}.get(m.group(15)), "warp_weights": bool(m.group(16)),
-            "cluster_groups": bool(m.group(17)), "wide_merge": bool(m.group(18)),
-            "short_blocks": int(m.group(19)) if m.group(19) else None,
-            "splits": int(m.group(20)) if m.group(20) else None, "grid": int(m.group(21)) if m.group(21) else None}
+            "swap_ab": {"_sw": True, "_nsw": False}.get(m.group(15)), "short_blocks": int(m.group(16)) if m.group(16) else None,
+            "splits": int(m.group(17)) if m.group(17) else None, "grid": int(m.group(18)) if m.group(18) else None}
 
 
 REGIMES = ("in_sequence", "cold")

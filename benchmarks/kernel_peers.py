@@ -182,9 +182,6 @@ class KvPrefetch(Kernel):
     old_loads: Optional[bool] = None  # None: the product default (old_loads_default); True: the copy before exp. 47
     short_blocks: Optional[int] = None  # None: SHORT_BLOCKS_PER_SM; n: short requests' splits planned for n per SM
     swap_ab: Optional[bool] = None  # None: the product default (swap_ab_default); False: the heads as the mma's M side
-    warp_weights = False  # the merge's split weights one warp per row (experiment 53)
-    cluster_groups = False  # clusters of 8 splits in grids over 16 splits wide (experiment 54)
-    wide_merge = False  # the merge's loads 16 partials per round (experiment 55)
     grid: Optional[int] = None  # with splits: the grid's split width (num_splits) while short requests use splits
     splits: Optional[int] = None  # None: the planner's split count; an int fixes it (the device still keeps
     #                               each split >= MIN_CHUNK_TOKENS, so short requests may use fewer)
@@ -197,7 +194,7 @@ class KvPrefetch(Kernel):
                self.stages, self.pdl, self.fp8_q, self.f16_math, self.lazy_rescale, self.splits, self.grid,
                self.two_blocks, self.late_trigger, self.cluster_merge, self.page_prefetch,
                self.tma, self.early_kv, self.adaptive_release, self.pid_ahead, self.old_loads, self.short_blocks,
-               self.swap_ab, self.warp_weights, self.cluster_groups, self.wide_merge)
+               self.swap_ab)
         w = cache.wrappers.get(key)
         if w is None:
             cls = BatchDecodeWithPagedKVCache
@@ -211,8 +208,7 @@ class KvPrefetch(Kernel):
                     two_blocks=self.two_blocks, late_trigger=self.late_trigger, cluster_merge=self.cluster_merge,
                     page_prefetch=self.page_prefetch, tma=self.tma, early_kv=self.early_kv,
                     adaptive_release=self.adaptive_release, pid_ahead=self.pid_ahead, old_loads=self.old_loads,
-                    swap_ab=self.swap_ab, warp_weights=self.warp_weights, cluster_groups=self.cluster_groups,
-                    wide_merge=self.wide_merge)
+                    swap_ab=self.swap_ab)
             w.load()
             cache.wrappers[key] = w
         self.w, self.prob = w, prob
@@ -260,8 +256,7 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
             cluster_merge: bool = False, page_prefetch: bool = False, tma: bool = False,
             early_kv: bool = False, adaptive_release: Optional[bool] = None,
             pid_ahead: Optional[bool] = None, old_loads: Optional[bool] = None,
-            short_blocks: Optional[int] = None, swap_ab: Optional[bool] = None,
-            warp_weights: bool = False, cluster_groups: bool = False, wide_merge: bool = False) -> type:
+            short_blocks: Optional[int] = None, swap_ab: Optional[bool] = None) -> type:
     """kvprefetch with an experiment's settings: an n-deep cp.async ring (``kvprefetch_s<n>``), programmatic
     dependent launch on / off (``kvprefetch_pdl`` / ``kvprefetch_nopdl``), q in e4m3 with fp8 KV (``kvprefetch_q8``),
     fp16 mma with fp8 KV (``kvprefetch_h16``), lazy output rescaling (``kvprefetch_lr``), at most two blocks per SM
@@ -270,8 +265,7 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
     (``kvprefetch_tma``), KV loads before the PDL wait (``kvprefetch_pdl_ek``), no late release for small batch-1 grids
     (``kvprefetch_nar``), page ids four loop iterations ahead or one (``kvprefetch_pa`` / ``kvprefetch_npa``), the tile
     copy as before experiment 47 (``kvprefetch_ol``), tokens or heads as the mma's M side (``kvprefetch_sw`` /
-    ``kvprefetch_nsw``), the merge's split weights one warp per row (``kvprefetch_ww``), clusters of 8 splits at batch 1
-    (``kvprefetch_cg``), 16 partials per round of the merge's loads (``kvprefetch_wm``), short requests' splits planned for n blocks per SM (``kvprefetch_sb<n>``), a fixed split
+    ``kvprefetch_nsw``), short requests' splits planned for n blocks per SM (``kvprefetch_sb<n>``), a fixed split
     count (``kvprefetch_x<n>``). Where ``_h16`` / ``_lr`` / ``_lt`` are absent the variant keeps the product's
     default."""
     if splits and short_blocks:
@@ -279,7 +273,7 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
                          f"expected one of the two, got short_blocks={short_blocks}")
     name = variant_name(stages, pdl, fp8_q, splits, f16_math, lazy_rescale, grid, two_blocks, late_trigger,
                         cluster_merge, page_prefetch, tma, early_kv, adaptive_release, pid_ahead, old_loads,
-                        short_blocks, swap_ab, warp_weights, cluster_groups, wide_merge)
+                        short_blocks, swap_ab)
     return type(name, (KvPrefetch,), {"name": name, "stages": stages, "pdl": pdl, "fp8_q": fp8_q, "splits": splits,
                                       "grid": grid if splits else None, "two_blocks": two_blocks,
                                       "late_trigger": late_trigger, "cluster_merge": cluster_merge,
@@ -287,8 +281,6 @@ def variant(stages: Optional[int] = None, pdl: Optional[bool] = None, fp8_q: boo
                                       "early_kv": early_kv or None,  # None: the product default
                                       "adaptive_release": adaptive_release, "pid_ahead": pid_ahead,
                                       "old_loads": old_loads, "short_blocks": short_blocks, "swap_ab": swap_ab,
-                                      "warp_weights": warp_weights, "cluster_groups": cluster_groups,
-                                      "wide_merge": wide_merge,
                                       "f16_math": f16_math or None,  # None: the product default
                                       "lazy_rescale": lazy_rescale or None})
 

@@ -19,7 +19,6 @@ _FP8 = torch.float8_e4m3fn
 HEAD_DIMS = (64, 128, 256)
 MAX_GROUP = 16  # q heads per kv head: the 16 rows of one m16n8k16 tile
 MAX_SPLITS = 256  # the kernel's merge keeps MAX_SPLITS x 16 weights in shared memory
-CLUSTER_GROUP = 8  # cluster_groups: splits per cluster (the binding's KVP_CLUSTER_MERGE=8)
 MIN_CHUNK_TOKENS = 128  # two 64-token tiles: all four warps busy, and few partials to merge
 # Blocks per SM the split count of short requests is planned for (the kernel's split_chunk): modules that fit three
 # (fp8, head_dim 64) ran the 25-us class 8-15 % faster with the splits of two (NOTES.md, runs 7 and 8).
@@ -114,13 +113,7 @@ class BatchDecodeWithPagedKVCache:
     (experiment 44). ``old_loads`` (None: ``old_loads_default``: 16-bit KV at head_dim 64 launched plainly) builds the
     tile copy as before experiment 47. ``swap_ab`` (GQA group <= 8, q in 16 bits; None: ``swap_ab_default``, on for
     16-bit KV at head_dim 64 and 128 and fp8 KV at head_dim 128) makes the tokens the M side of the tensor-core
-    products and the heads their N side, halving the padded work per tile (experiments 50, 51). ``warp_weights``
-    computes the merge's split weights one warp per row (shuffle reductions) instead of one thread per row
-    (experiment 53; with more than 16 partials, the serial loops below). ``cluster_groups`` launches grids more than 16 splits wide (batch 1; the planner rounds the
-    width down to a multiple of 8) as clusters of 8 splits: each cluster merges its splits through distributed shared
-    memory, into the output where a request's active splits fit one cluster, else into one partial per cluster for
-    the global merge (experiment 54). ``wide_merge`` loads the partials 16 per round of L2 loads in the merge
-    instead of 8 (experiment 55).
+    products and the heads their N side, halving the padded work per tile (experiments 50, 51).
     """
 
     def __init__(
@@ -150,9 +143,6 @@ class BatchDecodeWithPagedKVCache:
         pid_ahead: bool | None = None,
         old_loads: bool | None = None,
         swap_ab: bool | None = None,
-        warp_weights: bool = False,
-        cluster_groups: bool = False,
-        wide_merge: bool = False,
     ):
         _check_positive_int("num_qo_heads", num_qo_heads)
         _check_positive_int("num_kv_heads", num_kv_heads)
@@ -197,12 +187,9 @@ class BatchDecodeWithPagedKVCache:
         if lazy_rescale is not None and not isinstance(lazy_rescale, bool):
             raise ValueError(f"lazy_rescale: expected a bool or None, got {lazy_rescale!r}")
         for name, flag in (("trace", trace), ("two_blocks", two_blocks), ("cluster_merge", cluster_merge),
-                           ("page_prefetch", page_prefetch), ("tma", tma), ("warp_weights", warp_weights),
-                           ("cluster_groups", cluster_groups), ("wide_merge", wide_merge)):
+                           ("page_prefetch", page_prefetch), ("tma", tma)):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name}: expected a bool, got {flag!r}")
-        if cluster_groups and cluster_merge:
-            raise ValueError("cluster_groups: expected False with cluster_merge=True (both set the cluster width)")
         for name, opt in (("pid_ahead", pid_ahead), ("old_loads", old_loads), ("swap_ab", swap_ab)):
             if opt is not None and not isinstance(opt, bool):
                 raise ValueError(f"{name}: expected a bool or None, got {opt!r}")
@@ -227,8 +214,7 @@ class BatchDecodeWithPagedKVCache:
         gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
-                                  cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads, swap_ab, group,
-                                  warp_weights, cluster_groups, wide_merge)
+                                  cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads, swap_ab, group)
         if early_kv and (not self.config.pdl or tma):
             raise ValueError(f"early_kv: expected False unless the launch uses PDL (pdl resolved to "
                              f"{self.config.pdl}) on the cp.async path (tma={tma})")
@@ -312,10 +298,7 @@ class BatchDecodeWithPagedKVCache:
 
     def num_splits_for(self, batch_size: int) -> int:
         target = self.wide_target_blocks if self.uses_wide(batch_size) else self.target_blocks
-        n = split_count(batch_size, self.num_kv_heads, target)
-        if self.config.cluster_groups and n > 2 * CLUSTER_GROUP:  # the kernel clusters only widths it divides
-            n -= n % CLUSTER_GROUP
-        return n
+        return split_count(batch_size, self.num_kv_heads, target)
 
     def short_splits_for(self, batch_size: int) -> int:
         """The split count of requests whose splits would be short (the kernel clamps it to num_splits_for)."""

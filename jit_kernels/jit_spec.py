@@ -34,10 +34,7 @@ _EXPERIMENT_FLAGS = (("pdl", "-DKVP_PDL=1", "_pdl"), ("fp8_q", "-DKVP_FP8_Q=1", 
                      ("early_kv", "-DKVP_EARLY_KV=1", "_ek"),
                      ("pid_ahead", "-DKVP_PID_AHEAD=4", "_pa"),
                      ("old_loads", "-DKVP_OLD_LOADS=1", "_ol"),
-                     ("swap_ab", "-DKVP_SWAP_AB=1", "_sw"),
-                     ("warp_weights", "-DKVP_WARP_WEIGHTS=1", "_ww"),
-                     ("cluster_groups", "-DKVP_CLUSTER_MERGE=8", "_cg"),
-                     ("wide_merge", "-DKVP_WIDE_MERGE=1", "_wm"))
+                     ("swap_ab", "-DKVP_SWAP_AB=1", "_sw"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +59,6 @@ class DecodeConfig:
     pid_ahead: bool = False  # the main loop's page ids load four iterations ahead instead of one (experiment 44)
     old_loads: bool = False  # the tile copy as before experiment 47, zero-fill operand on every row (old_loads_default)
     swap_ab: bool = False  # group <= 8, q in 16 bits: tokens as the mma's M side, heads as its N side (exp. 50, 51)
-    warp_weights: bool = False  # the merge's split weights one warp per row, not one thread (experiment 53)
-    cluster_groups: bool = False  # grids over 16 splits wide: clusters of 8 splits merge in shared memory (exp. 54)
-    wide_merge: bool = False  # the merge loads 16 partials per round of L2 loads instead of 8 (experiment 55)
 
     def defines(self) -> list[str]:
         return [
@@ -95,8 +89,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
                 cluster_merge: bool = False, page_prefetch: bool = False,
                 tma: bool = False, early_kv: bool | None = None, pid_ahead: bool | None = None,
                 old_loads: bool | None = None, swap_ab: bool | None = None,
-                group: int | None = None, warp_weights: bool = False,
-                cluster_groups: bool = False, wide_merge: bool = False) -> DecodeConfig:
+                group: int | None = None) -> DecodeConfig:
     """``stages`` overrides the table; ``pdl`` programmatic dependent launch (None: ``pdl_default``); ``fp8_q``
     quantises q to e4m3 for Q K^T with fp8 KV; ``f16_math`` runs fp8 KV's mma in fp16 with bf16 q (None:
     ``f16_math_default``); ``lazy_rescale`` skips the output rescale while no row max grows by more than 2^8 (None:
@@ -113,11 +106,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
     ahead instead of one; ``old_loads`` builds the tile copy as before experiment 47 (None: ``old_loads_default``);
     ``swap_ab`` (GQA group <= 8, q in 16 bits) computes S^T = K Q^T and O^T = V^T P^T, tokens as the mma's M side
     (experiments 50, 51; None: ``swap_ab_default`` for ``group``, the q heads per kv head the module serves, where None
-    stands for a group of at most 8, as in every model served here); ``warp_weights`` computes the merge's split
-    weights one warp per row instead of one thread per row (experiment 53); ``cluster_groups`` launches grids more than
-    16 splits wide (batch 1) as clusters of 8 splits that merge in shared memory, then through global memory
-    between clusters (experiment 54; not with ``cluster_merge``); ``wide_merge`` loads the partials 16 per round of L2
-    loads in the merge instead of 8 (experiment 55).
+    stands for a group of at most 8, as in every model served here).
     ``gpu_name`` (``torch.cuda.get_device_name``) picks the defaults measured on that card; "" means the H100's."""
     if f16_math is None:
         f16_math = f16_math_default(q_dtype, kv_fp8, head_dim, fp8_q)
@@ -137,8 +126,7 @@ def make_config(q_dtype: str, kv_fp8: bool, head_dim: int, prefetch: int, prefet
         late_trigger = pdl and not early_kv and late_trigger_default(kv_fp8, head_dim)
     return DecodeConfig(q_dtype, kv_fp8, head_dim, stages or STAGES[(head_dim, kv_fp8)], prefetch,
                         prefetch_bulk and prefetch > 0, pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks,
-                        late_trigger, cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads, swap_ab,
-                        warp_weights, cluster_groups, wide_merge)
+                        late_trigger, cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads, swap_ab)
 
 
 # The shallower ring of the modules that fit three blocks per SM: it fits four, for grids that fill them (experiment 28)

@@ -86,7 +86,8 @@ def configs(which: str) -> list[DecodeConfig]:
         # session 16 (kernel_bench --variant ..._pdl_lt_ek): the late PDL release with the early loads (experiment 40)
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", late_trigger=True)
                  for fp8, d in ((True, 128), (False, 128), (False, 64))]
-        # session 17's block timelines on the H200 (block_timeline.py: the trace build of each family's default)
+        # session 17's block timelines on the H200 (block_timeline.py: the trace build of each family's default, PDL and
+        # plain: --no-pdl, session 24)
         cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", trace=True, pdl=p)
                  for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False)]
         # experiment 44 (kernel_bench --variant kvprefetch_npa and the GPU test of pid_ahead): the H200 defaults with
@@ -120,30 +121,6 @@ def configs(which: str) -> list[DecodeConfig]:
         cfgs += [make_config(q, True, d, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=True)
                  for q in ("bf16", "f16") for d in (64, 128, 256) for p in (None, False)]
         cfgs += [make_config("bf16", True, 128, 0, gpu_name="NVIDIA H200", pdl=p, swap_ab=False) for p in (None, False)]
-        # experiment 53 (kernel_bench / step_context_bench --kernels kvprefetch[_nopdl]_ww, block_timeline.py
-        # --warp-weights, the GPU test): the H200 defaults of the three families, the trace builds, and the tested
-        # families at head_dim 256 and fp8 head_dim 64, with the merge's split weights one warp per row
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, trace=t, warp_weights=True)
-                 for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False) for t in (False, True)]
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, warp_weights=True)
-                 for fp8, d in ((True, 64), (False, 256)) for p in (None, False)]
-        cfgs.append(make_config("bf16", False, 128, 0, gpu_name="NVIDIA H200", group=16, warp_weights=True))
-        # experiment 54 (kernel_bench / step_context_bench --kernels kvprefetch[_nopdl]_cg, block_timeline.py
-        # --cluster-groups, the GPU test): the same modules with batch 1's splits merged in clusters of 8
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, trace=t, cluster_groups=True)
-                 for fp8, d in ((True, 128), (False, 128), (False, 64)) for p in (None, False) for t in (False, True)]
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, cluster_groups=True)
-                 for fp8, d in ((True, 64), (False, 256)) for p in (None, False)]
-        cfgs.append(make_config("bf16", False, 128, 0, gpu_name="NVIDIA H200", group=16, cluster_groups=True))
-        # experiment 55 (--kernels kvprefetch[_nopdl][_ww]_wm, block_timeline.py --warp-weights --wide-merge, the GPU
-        # tests): 16 partials per round of the merge's loads, alone and with experiment 53
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=p, warp_weights=ww, wide_merge=True)
-                 for fp8, d in ((True, 128), (False, 128), (False, 64), (True, 64), (False, 256)) for p in (None, False)
-                 for ww in (False, True)]
-        cfgs += [make_config("bf16", fp8, d, 0, gpu_name="NVIDIA H200", pdl=False, trace=True, warp_weights=True,
-                             wide_merge=True) for fp8, d in ((True, 128), (False, 128), (False, 64))]
-        cfgs.append(make_config("bf16", False, 128, 0, gpu_name="NVIDIA H200", group=16, warp_weights=True,
-                                wide_merge=True))
         # on an H200 each of these runs batches that fill every SM on its shallow-ring twin (experiment 28)
         cfgs += [w for c in cfgs if (w := wide_config(c, "NVIDIA H200")) is not None]
     return list(dict.fromkeys(cfgs))  # once each: where an experiment is the default, both lists name its module

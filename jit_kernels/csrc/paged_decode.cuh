@@ -29,8 +29,7 @@
 #define KVP_LATE_TRIGGER 0  // with PDL: release the next launch after the main loop, not at the start (experiment 23)
 #endif
 #ifndef KVP_CLUSTER_MERGE
-#define KVP_CLUSTER_MERGE 0  // the splits of a (request, kv head) merge through a cluster's shared memory: 1, one
-                            // cluster of all 2..16 splits (exp. 30); 8, clusters of 8 in grids > 16 splits (exp. 54)
+#define KVP_CLUSTER_MERGE 0  // the splits of a (request, kv head) merge through a cluster's shared memory (exp. 30)
 #endif
 #ifndef KVP_PAGE_PREFETCH
 #define KVP_PAGE_PREFETCH 0  // the kv heads of a (request, split) prefetch whole token rows of their tiles (exp. 34)
@@ -55,12 +54,6 @@
 #endif
 #ifndef KVP_SWAP_AB
 #define KVP_SWAP_AB 0  // GQA group <= 8: S^T = K Q^T and O^T = V^T P^T, the tokens as the mma's M (exp. 50, 51)
-#endif
-#ifndef KVP_WARP_WEIGHTS
-#define KVP_WARP_WEIGHTS 0  // the merge's split weights: one warp per row with shuffles, not one thread (exp. 53)
-#endif
-#ifndef KVP_WIDE_MERGE
-#define KVP_WIDE_MERGE 0  // the merge loads the partials 16 splits per round of L2 loads instead of 8 (exp. 55)
 #endif
 #ifndef KVP_FP8_Q
 #define KVP_FP8_Q 0  // fp8 KV: q quantised to e4m3 and Q K^T on e4m3 tensor cores (the JIT spec's fp8_q flag)
@@ -131,8 +124,7 @@ struct DecodeParams {
   int32_t late_release_below;
 #endif
 #if KVP_CLUSTER_MERGE
-  int32_t cluster;  // launched with cluster dims (1, 1, cluster): splits [c * cluster, c * cluster + cluster) merge
-                    // through distributed shared memory; 0: no cluster
+  int32_t cluster;  // launched with cluster dims (1, 1, num_splits): merge through distributed shared memory
 #endif
 #if KVP_TMA
   int32_t tma;  // the maps below are valid: 4-d [pages, page, kv heads, D], box [1, 16, 1, D], 128-byte swizzle
@@ -141,7 +133,6 @@ struct DecodeParams {
 };
 
 constexpr int kMaxClusterSplits = 16;  // the largest (non-portable) cluster of sm_90
-constexpr int kWarpWeightsFrom = 16;  // warp_weights: more partials than this take the warp-per-row weights (exp. 53)
 
 template <typename TQ, typename TKV, int D, int STAGES, int PF>
 struct DecodeCfg {
@@ -897,10 +888,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
 #if KVP_CLUSTER_MERGE
   const bool in_cluster = p.cluster && !single;
   float* part_lse_smem = reinterpret_cast<float*>(smem + C::kOffPartLse);
-  const int n_clusters = in_cluster ? (n_act + p.cluster - 1) / p.cluster : 0;  // those with an active split
 #endif
-  // the partials the merge reads: one per active split, or one per active cluster (experiment 54)
-  int n_parts = n_act, part_slot = split;
   const int64_t part_row0 = (((int64_t)b * p.num_kv_heads + head) * p.num_splits) * group;
   for (int i = tid; i < group * (D / 4); i += C::kThreads) {
     const int r = i / (D / 4), c4 = i % (D / 4);
@@ -934,7 +922,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       if (c4 == 0) part_lse_smem[r] = lse2;
 #endif
     } else {
-      const int64_t row = part_row0 + (int64_t)part_slot * group + r;
+      const int64_t row = part_row0 + (int64_t)split * group + r;
       *reinterpret_cast<float4*>(p.part_o + row * D + c4 * 4) = acc;
       if (c4 == 0) p.part_lse[row] = lse2;
     }
@@ -946,14 +934,10 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   }
 
 #if KVP_CLUSTER_MERGE
-  if (in_cluster) {  // split s is rank s % cluster of cluster s / cluster; each rank 0 merges its active splits'
-    // partials from their shared memory: into the output where the request has one active cluster, else into the
-    // cluster's partial, which the global merge below takes as one of n_clusters
+  if (in_cluster) {  // split s is cluster rank s; split 0 merges the partials the active splits hold in shared memory
     cluster_sync();
     KVP_STAMP(4, 0);
-    const int rank = split % p.cluster, first = split - rank;
-    const int n_here = min(p.cluster, n_act - first);  // >= 1: the active splits are a prefix
-    if (rank == 0) {
+    if (split == 0) {
       for (int i = tid; i < group * (D / 4); i += C::kThreads) {
         const int r = i / (D / 4), c4 = i % (D / 4);
         // eight splits per round of loads (sixteen would hold 80 registers and cost the 3-deep twins their
@@ -961,25 +945,25 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
         constexpr int kChunk = 8;
         float mrun = -CUDART_INF_F, wsum = 0.f;
         float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int s0 = 0; s0 < n_here; s0 += kChunk) {
+        for (int s0 = 0; s0 < n_act; s0 += kChunk) {
           float ls[kChunk];
           float4 ov[kChunk];
 #pragma unroll
           for (int j = 0; j < kChunk; ++j) {  // every load of the round issued before any is used
-            if (s0 + j < n_here) {
+            if (s0 + j < n_act) {
               ls[j] = ld_cluster_f32(cluster_peer_addr(part_lse_smem + r, s0 + j));
               ov[j] = ld_cluster_f32x4(cluster_peer_addr(obuf + r * D + c4 * 4, s0 + j));
             }
           }
           float mnew = mrun;
 #pragma unroll
-          for (int j = 0; j < kChunk; ++j) mnew = s0 + j < n_here ? fmaxf(mnew, ls[j]) : mnew;
+          for (int j = 0; j < kChunk; ++j) mnew = s0 + j < n_act ? fmaxf(mnew, ls[j]) : mnew;
           const float keep = mrun == -CUDART_INF_F ? 0.f : exp2f(mrun - mnew);
           wsum *= keep;
           acc = make_float4(acc.x * keep, acc.y * keep, acc.z * keep, acc.w * keep);
 #pragma unroll
           for (int j = 0; j < kChunk; ++j) {
-            if (s0 + j < n_here) {
+            if (s0 + j < n_act) {
               const float ws = exp2f(ls[j] - mnew);
               wsum += ws;
               acc.x += ws * ov[j].x;
@@ -991,25 +975,13 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
           mrun = mnew;
         }
         const float inv = 1.f / wsum;
-        const float4 o4 = make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-        const float lse2 = mrun + log2f(wsum);
-        if (n_clusters == 1) {
-          write_out(r, c4, o4, lse2);
-        } else {
-          const int64_t row = part_row0 + (int64_t)(first / p.cluster) * group + r;
-          *reinterpret_cast<float4*>(p.part_o + row * D + c4 * 4) = o4;
-          if (c4 == 0) p.part_lse[row] = lse2;
-        }
+        write_out(r, c4, make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv), mrun + log2f(wsum));
       }
     }
-    cluster_sync();  // no split exits (freeing its shared memory) before rank 0 has read it
-    if (n_clusters == 1 || rank != 0) {
-      KVP_STAMP(5, 0);
-      KVP_TRACE_OUT(rank == 0 ? kTrMerger : kTrPartial, n_act, ntiles);
-      return;
-    }
-    n_parts = n_clusters;
-    part_slot = first / p.cluster;
+    cluster_sync();  // no split exits (freeing its shared memory) before split 0 has read it
+    KVP_STAMP(5, 0);
+    KVP_TRACE_OUT(split == 0 ? kTrMerger : kTrPartial, n_act, ntiles);
+    return;
   }
 #endif
   // ---- the last split of (request, kv head) to finish merges all partials; no second launch
@@ -1020,7 +992,7 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
   if (tid == 0) {
     int32_t* ctr = p.counters + (int64_t)b * p.num_kv_heads + head;
     const int done = atom_add_acq_rel_gpu(ctr, 1);
-    const bool last = done == n_parts - 1;
+    const bool last = done == n_act - 1;
     if (last) *ctr = 0;  // ready for the next launch (CUDA-graph replays reuse the counters)
     *flag = last;
     KVP_STAMP(4, done);
@@ -1031,79 +1003,30 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
     return;
   }
   // split weights once: lse of every (split, row) into shared memory in one round of loads, then normalised
-  float* w = reinterpret_cast<float*>(smem + C::kOffK);  // [n_parts][group]; the stages are free again
-  const int nw = n_parts * group;
+  float* w = reinterpret_cast<float*>(smem + C::kOffK);  // [n_act][group]; the stages are free again
+  const int nw = n_act * group;
   for (int i = tid; i < nw; i += C::kThreads) w[i] = __ldcg(p.part_lse + part_row0 + i);
   __syncthreads();
-  bool weighted = false;
-#if KVP_WARP_WEIGHTS
-  // Experiment 53: with many partials (batch 1), row r's max, sum and weights by warp r % kWarps, its lanes striding
-  // over them, instead of one thread's two serial loops and a third pass (and barrier) for the weights; with few
-  // the serial loops are as short as the shuffle rounds (run 26a)
-  if (n_parts > kWarpWeightsFrom) {
-    for (int r = warp; r < group; r += C::kWarps) {
-      float mmax = -CUDART_INF_F;
-      for (int s_i = lane; s_i < n_parts; s_i += 32) mmax = fmaxf(mmax, w[s_i * group + r]);
-#pragma unroll
-      for (int mask = 16; mask > 0; mask >>= 1) mmax = fmaxf(mmax, __shfl_xor_sync(0xffffffff, mmax, mask));
-      float wsum = 0.f;
-      for (int s_i = lane; s_i < n_parts; s_i += 32) wsum += exp2f(w[s_i * group + r] - mmax);
-#pragma unroll
-      for (int mask = 16; mask > 0; mask >>= 1) wsum += __shfl_xor_sync(0xffffffff, wsum, mask);
-      const float inv = 1.f / wsum;
-      for (int s_i = lane; s_i < n_parts; s_i += 32) w[s_i * group + r] = exp2f(w[s_i * group + r] - mmax) * inv;
-      if (lane == 0) {
-        red_m[r] = mmax;
-        red_l[r] = wsum;
-      }
-    }
-    __syncthreads();
-    weighted = true;
+  if (tid < group) {
+    float mmax = -CUDART_INF_F;
+    for (int s_i = 0; s_i < n_act; ++s_i) mmax = fmaxf(mmax, w[s_i * group + tid]);
+    float wsum = 0.f;
+    for (int s_i = 0; s_i < n_act; ++s_i) wsum += exp2f(w[s_i * group + tid] - mmax);
+    red_m[tid] = mmax;
+    red_l[tid] = wsum;
   }
-#endif
-  if (!weighted) {
-    if (tid < group) {
-      float mmax = -CUDART_INF_F;
-      for (int s_i = 0; s_i < n_parts; ++s_i) mmax = fmaxf(mmax, w[s_i * group + tid]);
-      float wsum = 0.f;
-      for (int s_i = 0; s_i < n_parts; ++s_i) wsum += exp2f(w[s_i * group + tid] - mmax);
-      red_m[tid] = mmax;
-      red_l[tid] = wsum;
-    }
-    __syncthreads();
-    for (int i = tid; i < nw; i += C::kThreads) {
-      const int r = i % group;
-      w[i] = exp2f(w[i] - red_m[r]) / red_l[r];
-    }
-    __syncthreads();
+  __syncthreads();
+  for (int i = tid; i < nw; i += C::kThreads) {
+    const int r = i % group;
+    w[i] = exp2f(w[i] - red_m[r]) / red_l[r];
   }
+  __syncthreads();
   for (int i = tid; i < group * (D / 4); i += C::kThreads) {
     const int r = i / (D / 4), c4 = i % (D / 4);
     const float* src = p.part_o + (part_row0 + r) * D + c4 * 4;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#if KVP_WIDE_MERGE
-    // Experiment 55: 16 partials per round of L2 loads, every load of a round issued before any is used (the main
-    // loop's registers are free here), so 32 splits take two dependent rounds instead of four
-    constexpr int kRound = 16;
-    for (int s0 = 0; s0 < n_parts; s0 += kRound) {
-      float4 v[kRound];
-#pragma unroll
-      for (int j = 0; j < kRound; ++j)
-        if (s0 + j < n_parts) v[j] = __ldcg(reinterpret_cast<const float4*>(src + (int64_t)(s0 + j) * group * D));
-#pragma unroll
-      for (int j = 0; j < kRound; ++j) {
-        if (s0 + j < n_parts) {
-          const float ws = w[(s0 + j) * group + r];
-          acc.x += ws * v[j].x;
-          acc.y += ws * v[j].y;
-          acc.z += ws * v[j].z;
-          acc.w += ws * v[j].w;
-        }
-      }
-    }
-#else
 #pragma unroll 8
-    for (int s_i = 0; s_i < n_parts; ++s_i) {
+    for (int s_i = 0; s_i < n_act; ++s_i) {
       const float ws = w[s_i * group + r];
       const float4 v = __ldcg(reinterpret_cast<const float4*>(src + (int64_t)s_i * group * D));
       acc.x += ws * v.x;
@@ -1111,7 +1034,6 @@ __global__ void __launch_bounds__(128) paged_decode_kernel(const KVP_PARAMS_QUAL
       acc.z += ws * v.z;
       acc.w += ws * v.w;
     }
-#endif
     write_out(r, c4, acc, red_m[r] + log2f(red_l[r]));
   }
   KVP_STAMP(5, 0);

@@ -77,27 +77,20 @@ void enable_smem() {
 }
 
 #if KVP_CLUSTER_MERGE
-// The cluster width along the splits of a grid `num_splits` wide, 0 for no cluster: with KVP_CLUSTER_MERGE 1 every
-// request's 2..16 splits form one cluster (experiment 30); with 8, grids wider than 16 splits (batch 1) form clusters
-// of 8 when the width is a multiple of 8 (experiment 54). Only where such a cluster fits a GPC with this module's shared
-// memory; otherwise the splits merge through global memory. Checked once per width; one device type per process.
-int64_t cluster_width(int64_t num_splits, int64_t num_kv_heads, int64_t batch) {
+// Whether a grid of `num_splits`-wide clusters (one per (kv head, request)) can run on this card: 2..16 splits, and
+// at least one such cluster fits a GPC with this module's shared memory. Otherwise the splits merge through global
+// memory (experiment 30). Checked once per split count; one device type per process.
+bool cluster_fits(int64_t num_splits, int64_t num_kv_heads, int64_t batch) {
   enable_smem();
-  int64_t width = 0;
-  if constexpr (KVP_CLUSTER_MERGE == 1) {
-    if (num_splits >= 2 && num_splits <= kvp::kMaxClusterSplits) width = num_splits;
-  } else if (num_splits > 2 * KVP_CLUSTER_MERGE && num_splits % KVP_CLUSTER_MERGE == 0) {
-    width = KVP_CLUSTER_MERGE;
-  }
-  if (width == 0) return 0;
+  if (num_splits < 2 || num_splits > kvp::kMaxClusterSplits) return false;
   static int fits[kvp::kMaxClusterSplits + 1] = {};  // 0 unknown, 1 yes, 2 no
-  int& known = fits[width];
+  int& known = fits[num_splits];
   if (known == 0) {
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
     attr[0].val.clusterDim.x = 1;
     attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = static_cast<unsigned>(width);
+    attr[0].val.clusterDim.z = static_cast<unsigned>(num_splits);
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(static_cast<unsigned>(num_kv_heads), static_cast<unsigned>(batch),
                        static_cast<unsigned>(num_splits));
@@ -109,11 +102,7 @@ int64_t cluster_width(int64_t num_splits, int64_t num_kv_heads, int64_t batch) {
     KVP_CHECK_CUDA(cudaOccupancyMaxActiveClusters(&clusters, kKernel, &cfg));
     known = clusters > 0 ? 1 : 2;
   }
-  return known == 1 ? width : 0;
-}
-// Whether that grid merges through clusters (the tests' question).
-bool cluster_fits(int64_t num_splits, int64_t num_kv_heads, int64_t batch) {
-  return cluster_width(num_splits, num_kv_heads, batch) > 0;
+  return known == 1;
 }
 #endif
 
@@ -224,12 +213,12 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   attr[num_attrs++].val.programmaticStreamSerializationAllowed = 1;
 #endif
 #if KVP_CLUSTER_MERGE
-  p.cluster = static_cast<int32_t>(cluster_width(num_splits, num_kv_heads, batch));
+  p.cluster = cluster_fits(num_splits, num_kv_heads, batch);
   if (p.cluster) {
     attr[num_attrs].id = cudaLaunchAttributeClusterDimension;
     attr[num_attrs].val.clusterDim.x = 1;
     attr[num_attrs].val.clusterDim.y = 1;
-    attr[num_attrs++].val.clusterDim.z = static_cast<unsigned>(p.cluster);
+    attr[num_attrs++].val.clusterDim.z = static_cast<unsigned>(num_splits);
   }
 #endif
   cudaLaunchConfig_t cfg = {};

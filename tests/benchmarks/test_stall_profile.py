@@ -39,13 +39,13 @@ def sample():
 def test_kernel_names_and_variants():
     assert kg.parse_variant("kvprefetch") == {} and kg.parse_variant("kvprefetch_d0") == {}
     assert kg.parse_variant("kvprefetch_s6_pdl") == {"stages": 6, "pdl": True, "fp8_q": False, "f16_math": False, "lazy_rescale": False,
-                                                     "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": None, "swap_ab": None, "warp_weights": False, "cluster_groups": False, "wide_merge": False, "short_blocks": None, "splits": None,
+                                                     "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": None, "swap_ab": None, "short_blocks": None, "splits": None,
                                                      "grid": None}
     assert kg.parse_variant("kvprefetch_q8_x2") == {"stages": None, "pdl": None, "fp8_q": True, "f16_math": False, "lazy_rescale": False,
-                                                    "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": None, "swap_ab": None, "warp_weights": False, "cluster_groups": False, "wide_merge": False, "short_blocks": None, "splits": 2,
+                                                    "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": None, "swap_ab": None, "short_blocks": None, "splits": 2,
                                                     "grid": None}
     assert kg.parse_variant("kvprefetch_h16") == {"stages": None, "pdl": None, "fp8_q": False, "f16_math": True, "lazy_rescale": False,
-                                                  "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": None, "swap_ab": None, "warp_weights": False, "cluster_groups": False, "wide_merge": False, "short_blocks": None, "splits": None,
+                                                  "two_blocks": False, "late_trigger": None, "cluster_merge": False, "page_prefetch": False, "tma": False, "early_kv": False, "adaptive_release": None, "pid_ahead": None, "old_loads": None, "swap_ab": None, "short_blocks": None, "splits": None,
                                                   "grid": None}
     assert kg.variant_name(f16_math=True) == "kvprefetch_h16"
     assert kg.variant_name(pdl=False) == "kvprefetch_nopdl" and kg.parse_variant("kvprefetch_nopdl")["pdl"] is False
@@ -78,10 +78,6 @@ def test_kernel_names_and_variants():
     assert kg.variant_name(stages=3, pdl=False, old_loads=False, short_blocks=4) == "kvprefetch_s3_nopdl_nol_sb4"
     assert kg.variant_name(pdl=False, swap_ab=True, short_blocks=4) == "kvprefetch_nopdl_sw_sb4"
     assert kg.parse_variant("kvprefetch_nopdl_sw") == {**kg.parse_variant("kvprefetch_nopdl"), "swap_ab": True}
-    assert kg.variant_name(pdl=False, warp_weights=True, cluster_groups=True) == "kvprefetch_nopdl_ww_cg"
-    assert kg.parse_variant("kvprefetch_nopdl_ww_cg") == {**kg.parse_variant("kvprefetch_nopdl"), "warp_weights": True,
-                                                          "cluster_groups": True}
-    assert kg.parse_variant("kvprefetch_ww_wm")["wide_merge"] and kg.variant_name(warp_weights=True, wide_merge=True) == "kvprefetch_ww_wm"
     assert kg.parse_variant("kvprefetch_s3_nopdl_nol_sb4") == {**kg.parse_variant("kvprefetch_s3_nopdl_nol"), "short_blocks": 4}
     with pytest.raises(ValueError, match="short_blocks"):
         kp.variant(**kg.parse_variant("kvprefetch_sb3_x8"))  # a fixed split count sets the short splits too

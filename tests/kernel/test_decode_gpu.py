@@ -447,48 +447,6 @@ def test_cluster_merge_variant_against_reference(kv_fp8, d, page, splits):
 
 
 @pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
-@pytest.mark.parametrize("splits", [None, 24, 33, 40])
-@pytest.mark.parametrize("pdl", [None, False])
-def test_cluster_groups_variant_against_reference(kv_fp8, d, page, splits, pdl):
-    """cluster_groups=True (experiment 54): a grid 24 or 40 splits wide runs as clusters of 8; a request with one
-    active cluster (1000 tokens) merges in shared memory only, longer ones (5000, 20000: five clusters, the last
-    partly idle) merge each cluster's partial through global memory; 33 splits (not a multiple of 8) and the
-    planner's 5 at batch 6 take the global merge. NaN in every unowned slot, graph replays equal to the eager launch,
-    the counters back at zero."""
-    w = _merge_variant_against_reference(kv_fp8, d, page, splits, dict(cluster_groups=True, pdl=pdl), replays=3,
-                                         poison_pool=True)
-    n = w.num_splits_for(6)
-    assert bool(w._module.cluster_fits(n, 8, 6)) == (n in (24, 40))
-
-
-@pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
-def test_cluster_groups_batch_one_against_reference(kv_fp8, d, page):
-    """cluster_groups=True at batch 1 with the planner's width (over 16: rounded down to a multiple of 8, clustered):
-    requests of 1 … 40,000 tokens one at a time (one, two and all clusters active), against the float64 reference."""
-    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache, paged_decode_reference
-
-    kv = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
-    w = BatchDecodeWithPagedKVCache(32, 8, d, page, torch.bfloat16, kv, "cuda", cluster_groups=True).load()
-    n = w.num_splits_for(1)  # 16 at head_dim 256 (one block per SM): no cluster
-    assert bool(w._module.cluster_fits(n, 8, 1)) == (n > 16) and (n <= 16 or n % 8 == 0)
-    kw = dict(sm_scale=1.0 / math.sqrt(d), k_scale=0.5 if kv_fp8 else 1.0, v_scale=1.5 if kv_fp8 else 1.0)
-    for length in (1, 300, 1024, 2000, 4096, 40000):
-        gen = torch.Generator("cuda").manual_seed(54 + d + page + length)
-        inp = make_paged_inputs([length], hq=32, hkv=8, d=d, page_size=page, dtype=torch.bfloat16, kv_fp8=kv_fp8,
-                                device="cuda", generator=gen)
-        _poison_unowned_slots(inp, page)
-        ref, ref_lse = paged_decode_reference(inp.q, inp.k, inp.v, inp.indptr, inp.indices, inp.last_len, **kw)
-        w.plan(inp.indptr, inp.indices, inp.last_len)
-        out, lse = w.run(inp.q, inp.k, inp.v, out=torch.full_like(inp.q, float("nan")),
-                         lse=torch.full((1, 32), float("nan"), device="cuda"), return_lse=True, **kw)
-        torch.cuda.synchronize()
-        assert not out.isnan().any() and not lse.isnan().any(), length
-        assert rel_err(out[0], ref[0]) < (3e-2 if kv_fp8 else 1e-2), (length, rel_err(out[0], ref[0]))
-        assert (lse.double() - ref_lse).abs().max().item() < 1e-3, length
-        assert not w._counters.any(), length
-
-
-@pytest.mark.parametrize("kv_fp8,d,page", _MERGE_FAMILIES)
 @pytest.mark.parametrize("splits", [None, 8])
 def test_page_prefetch_variant_against_reference(kv_fp8, d, page, splits):
     """page_prefetch=True (experiment 34) only adds L2 prefetches of whole token rows: the same closeness to the
@@ -526,49 +484,6 @@ def test_swap_ab_variant_against_reference(kv_fp8, d, page, splits, pdl):
     launched plainly, NaN in every unowned pool slot, graph replays equal to the eager launch."""
     _merge_variant_against_reference(kv_fp8, d, page, splits, dict(swap_ab=True, pdl=pdl), replays=2,
                                      poison_pool=True)
-
-
-@pytest.mark.parametrize("kv_fp8,d,page", [(False, 64, 1), (False, 64, 16), (False, 128, 1), (False, 128, 16),
-                                           (False, 256, 16), (True, 64, 16), (True, 128, 1), (True, 128, 16)])
-@pytest.mark.parametrize("splits", [None, 8, 40])
-@pytest.mark.parametrize("pdl", [None, False])
-@pytest.mark.parametrize("variant", [dict(warp_weights=True), dict(wide_merge=True),
-                                     dict(warp_weights=True, wide_merge=True)], ids=["ww", "wm", "ww_wm"])
-def test_merge_weights_and_rounds_variants_against_reference(kv_fp8, d, page, splits, pdl, variant):
-    """warp_weights=True (experiment 53): with more than 16 partials the merge's split weights by one warp per row,
-    its lanes striding over the splits (40 fixed splits: more than a warp's lanes); wide_merge=True (experiment 55):
-    16 partials per round of loads (40: two full rounds and a partial one). NaN in every unowned pool slot, graph
-    replays equal to the eager launch and the counters back at zero."""
-    _merge_variant_against_reference(kv_fp8, d, page, splits, dict(variant, pdl=pdl), replays=3, poison_pool=True)
-
-
-@pytest.mark.parametrize("hq,hkv", [(8, 8), (28, 4), (64, 4)])
-@pytest.mark.parametrize("splits", [3, 40])
-@pytest.mark.parametrize("wide_merge", [False, True])
-def test_warp_weights_every_group_against_reference(hq, hkv, splits, wide_merge):
-    """warp_weights=True (experiment 53) for GQA groups 1, 7 and 16 (16 rows: each warp owns four), with 3 and 40 fixed
-    splits, ragged lengths and NaN in every unowned slot, against the float64 reference."""
-    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache, paged_decode_reference
-
-    from kernel_peers import _fixed_splits
-
-    w = _fixed_splits(BatchDecodeWithPagedKVCache, splits)(hq, hkv, 128, 16, torch.bfloat16, torch.bfloat16, "cuda",
-                                                          warp_weights=True, wide_merge=wide_merge).load()
-    lens = [1, 700, 20000, 129]
-    gen = torch.Generator("cuda").manual_seed(53 + hq + splits)
-    inp = make_paged_inputs(lens, hq=hq, hkv=hkv, d=128, page_size=16, dtype=torch.bfloat16, device="cuda",
-                            generator=gen)
-    _poison_unowned_slots(inp, 16)
-    kw = dict(sm_scale=1.0 / math.sqrt(128))
-    ref, ref_lse = paged_decode_reference(inp.q, inp.k, inp.v, inp.indptr, inp.indices, inp.last_len, **kw)
-    w.plan(inp.indptr, inp.indices, inp.last_len)
-    out, lse = w.run(inp.q, inp.k, inp.v, out=torch.full_like(inp.q, float("nan")),
-                     lse=torch.full((len(lens), hq), float("nan"), device="cuda"), return_lse=True, **kw)
-    torch.cuda.synchronize()
-    assert not out.isnan().any() and not lse.isnan().any()
-    assert max(rel_err(out[b], ref[b]) for b in range(len(lens))) < 1e-2
-    assert (lse.double() - ref_lse).abs().max().item() < 1e-3
-    assert not w._counters.any()
 
 
 @pytest.mark.parametrize("hq,hkv,q_dtype", [(8, 8, torch.bfloat16), (16, 8, torch.float16), (28, 4, torch.bfloat16),

@@ -48,10 +48,6 @@ CTOR = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16, q_dtype
     (dict(pid_ahead="yes"), "pid_ahead"),
     (dict(old_loads=1), "old_loads"),
     (dict(swap_ab=1), "swap_ab"),
-    (dict(warp_weights=1), "warp_weights"),
-    (dict(cluster_groups=1), "cluster_groups"),
-    (dict(wide_merge=1), "wide_merge"),
-    (dict(cluster_groups=True, cluster_merge=True), "cluster_groups"),
     (dict(swap_ab=True, num_qo_heads=128), "swap_ab"),
     (dict(swap_ab=True, kv_dtype=torch.float8_e4m3fn, fp8_q=True), "swap_ab"),
 ])
@@ -150,9 +146,6 @@ def test_two_blocks_and_late_trigger_are_their_own_modules():
     for kw, tag, define in ((dict(two_blocks=True), "_b2", "-DKVP_TWO_BLOCKS=1"),
                             (dict(late_trigger=True), "_lt", "-DKVP_LATE_TRIGGER=1"),
                             (dict(cluster_merge=True), "_cm", "-DKVP_CLUSTER_MERGE=1"),
-                            (dict(cluster_groups=True), "_cg", "-DKVP_CLUSTER_MERGE=8"),
-                            (dict(warp_weights=True), "_ww", "-DKVP_WARP_WEIGHTS=1"),
-                            (dict(wide_merge=True), "_wm", "-DKVP_WIDE_MERGE=1"),
                             (dict(page_prefetch=True), "_pp", "-DKVP_PAGE_PREFETCH=1")):
         w = BatchDecodeWithPagedKVCache(32, 8, 128, 16, torch.bfloat16, torch.bfloat16, "cpu", **kw)
         assert tag in w.config.tag and sorted(w.config.defines()) == sorted(tuned.config.defines() + [define])
