@@ -113,6 +113,7 @@ def measure(shape, layers: int, device, pdl: Optional[bool] = None, grid_splits=
     return {"shape": f"{shape.batch}x{shape.ctx}", "batch": shape.batch, "ctx": shape.ctx, "layers": launches,
             "regime": "cold" if cold_sets else "in_sequence",
             "splits": w.num_splits_for(shape.batch), "short_splits": w.short_splits_for(shape.batch),
+            "short_chunk": w.short_chunk_for(shape.batch),
             "module": w.describe_module(), "pdl": w.config.pdl, "max_rel_err": err,
             "us_per_layer": med(us[False]), "us_per_layer_trace": med(us[True]),
             "records": len(records), "summary": ts.summarize(records)}

@@ -75,18 +75,19 @@ def wrapper_key(case: Dict[str, Any]) -> tuple:
     return (case["hq"], case["hkv"], case["d"], case["page"], case["q_dtype"], case["fp8"], case["pf"])
 
 
-def active_splits(length: int, num_splits: int, min_chunk: int, short_splits: int | None = None) -> int:
+def active_splits(length: int, num_splits: int, min_chunk: int, short_splits: int | None = None,
+                  short_chunk: int | None = None) -> int:
     """Splits that do work for one request: the kernel's own chunking (decode.split_chunk)."""
-    from kvprefetch.jit_kernels.decode import split_chunk  # torch; only when a case is described
+    from kvprefetch.jit_kernels.decode import SHORT_CHUNK_TOKENS, split_chunk  # torch; only when a case is described
 
     if length <= 0:
         return 0
     short = num_splits if short_splits is None else short_splits
-    return -(-length // split_chunk(length, num_splits, short, min_chunk))
+    return -(-length // split_chunk(length, num_splits, short, min_chunk, short_chunk or SHORT_CHUNK_TOKENS))
 
 
 def case_traits(case: Dict[str, Any], num_splits: int, min_chunk: int = 128,
-                short_splits: int | None = None) -> Set[str]:
+                short_splits: int | None = None, short_chunk: int | None = None) -> Set[str]:
     """What a case exercises, for coverage counts; num_splits is the planner's value for this batch."""
     lens, page = case["lens"], case["page"]
     t = {f"q:{case['q_dtype']}", f"kv:{kv_dtype_name(case)}", f"d:{case['d']}", f"group:{case['hq'] // case['hkv']}",
@@ -101,7 +102,7 @@ def case_traits(case: Dict[str, Any], num_splits: int, min_chunk: int = 128,
         t.add(f"len_{LONG_CTX}")
     if max(lens) >= 65536:
         t.add("long_ctx")
-    acts = [active_splits(n, num_splits, min_chunk, short_splits) for n in lens]
+    acts = [active_splits(n, num_splits, min_chunk, short_splits, short_chunk) for n in lens]
     t.add("split" if max(acts) > 1 else "unsplit")
     if any(a == 1 for a in acts) and max(acts) > 1:
         t.add("split_and_unsplit_in_batch")

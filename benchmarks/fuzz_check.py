@@ -116,5 +116,6 @@ def check_case(case: Dict[str, Any], seed: int, wrappers: WrapperCache, device: 
         res["reason"] = (res["reason"] + "; " if res["reason"] else "") + "wrote outside out's heads"
     res.update(seed=seed, desc=describe(case), kv=kv_dtype_name(case), d=case["d"],
                num_splits=w.num_splits_for(max(len(lens), 1)), short_splits=w.short_splits_for(max(len(lens), 1)),
+               short_chunk=w.short_chunk_for(max(len(lens), 1)),
                module=w.config_for(max(len(lens), 1)).tag)
     return res

@@ -103,7 +103,8 @@ def run_one_verbose(seed: int) -> int:
     print(f"seed {seed}: {fc.describe(case)}")
     print(json.dumps(case))
     res = fuzz_check.check_case(case, seed, fuzz_check.WrapperCache(size=1))
-    splits = [fc.active_splits(n, res["num_splits"], _min_chunk(), res.get("short_splits")) for n in case["lens"]]
+    splits = [fc.active_splits(n, res["num_splits"], _min_chunk(), res.get("short_splits"), res.get("short_chunk"))
+              for n in case["lens"]]
     print(f"module {res['module']}, planned splits {res['num_splits']}, active splits per request {splits[:16]}"
           f"{'...' if len(splits) > 16 else ''}")
     print(f"rel err {res['err']:.3e}, lse err {res['lse_err'] if res['lse_err'] is None else format(res['lse_err'], '.3e')}"
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                 break
         results.append(res)
         if res.get("num_splits"):
-            for t in fc.case_traits(case, res["num_splits"], min_chunk, res.get("short_splits")):
+            for t in fc.case_traits(case, res["num_splits"], min_chunk, res.get("short_splits"), res.get("short_chunk")):
                 coverage[t] = coverage.get(t, 0) + 1
         if not res["ok"]:
             print(f"  MISMATCH seed {seed}: {res['reason']}: {res['desc']}  repro: {REPRO.format(seed=seed)}", flush=True)

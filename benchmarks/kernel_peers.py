@@ -225,22 +225,28 @@ class KvPrefetch(Kernel):
 def _fixed_splits(wrapper_cls: type, splits: int, grid: Optional[int] = None) -> type:
     """The wrapper with its planner's split counts (long and short requests) replaced by ``splits``; with ``grid``
     the grid is that many splits wide (the long-request count) while short requests still use ``splits``, so the
-    surplus blocks exit at once (experiment 15's question). The wrapper sizes its split workspace through
-    num_splits_for too, so the override stays in bounds."""
+    surplus blocks exit at once (experiment 15's question). Short means splits over the grid under
+    SHORT_CHUNK_TOKENS, at batch 1 too (batch1_plan's threshold does not apply). The wrapper sizes its split workspace
+    through num_splits_for too, so the override stays in bounds."""
+    from kvprefetch.jit_kernels.decode import SHORT_CHUNK_TOKENS
+
     fixed = {"num_splits_for": lambda self, batch_size: grid or splits}
     if hasattr(wrapper_cls, "short_splits_for"):
         fixed["short_splits_for"] = lambda self, batch_size: splits
+        fixed["short_chunk_for"] = lambda self, batch_size: SHORT_CHUNK_TOKENS
     return type(f"{wrapper_cls.__name__}Splits{splits}" + (f"Grid{grid}" if grid else ""), (wrapper_cls,), fixed)
 
 
 def _short_blocks(wrapper_cls: type, blocks_per_sm: int) -> type:
     """The wrapper with the split count of short requests planned for ``blocks_per_sm`` blocks per SM instead of
-    SHORT_BLOCKS_PER_SM (experiment 48); the kernel still clamps it to the grid's split count."""
+    SHORT_BLOCKS_PER_SM (experiment 48), at batch 1 too (no batch1_plan); the kernel still clamps it to the grid's
+    split count."""
     def load(self):
         if self._module is None:
             wrapper_cls.load(self)
             sms = torch.cuda.get_device_properties(self.device).multi_processor_count
             self.short_target_blocks = sms * blocks_per_sm
+            self.batch1_short = None
         return self
     return type(f"{wrapper_cls.__name__}ShortBlocks{blocks_per_sm}", (wrapper_cls,), {"load": load})
 

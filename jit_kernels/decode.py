@@ -9,6 +9,7 @@ import torch
 
 from .device import is_supported_device
 from . import l2_prefetch
+from .batch1_plan import batch1_short_plan
 from .errors import KernelUnavailableError
 from .jit_spec import make_config, wide_config
 from .loader import describe_load, load_module
@@ -57,14 +58,15 @@ def split_count(batch_size: int, num_kv_heads: int, target_blocks: int) -> int:
     return max(1, min(MAX_SPLITS, target_blocks // (max(batch_size, 1) * num_kv_heads)))
 
 
-SHORT_CHUNK_TOKENS = 512  # the kernel's kShortChunk
+SHORT_CHUNK_TOKENS = 512  # the planner's short-chunk threshold (batch 1 may use batch1_plan's)
 
 
-def split_chunk(length: int, num_splits: int, short_splits: int, min_chunk: int = MIN_CHUNK_TOKENS) -> int:
+def split_chunk(length: int, num_splits: int, short_splits: int, min_chunk: int = MIN_CHUNK_TOKENS,
+                short_chunk: int = SHORT_CHUNK_TOKENS) -> int:
     """Tokens per split of a request of ``length`` tokens, as the kernel computes it (``split_chunk`` in
-    csrc/paged_decode.cuh): ``short_splits`` where ``num_splits`` would give splits under SHORT_CHUNK_TOKENS."""
+    csrc/paged_decode.cuh): ``short_splits`` where ``num_splits`` would give splits under ``short_chunk``."""
     chunk = -(-length // num_splits)
-    if chunk < SHORT_CHUNK_TOKENS:
+    if chunk < short_chunk:
         chunk = -(-length // max(1, min(short_splits, num_splits)))
     return max((chunk + 15) & ~15, min_chunk)
 
@@ -212,6 +214,8 @@ class BatchDecodeWithPagedKVCache:
         kv_fp8 = kv_dtype == _FP8
         on_gpu = self.device.type == "cuda" and torch.cuda.is_available()
         gpu_name = torch.cuda.get_device_name(self.device) if on_gpu else ""  # per-card defaults (jit_spec)
+        self._gpu_name = gpu_name
+        self.batch1_short = None  # set by load(): batch 1's (short splits, short chunk) where batch1_plan has one
         self.config = make_config(_Q_DTYPES[q_dtype], kv_fp8, head_dim, prefetch_distance, _env_prefetch_bulk(), stages,
                                   pdl, fp8_q, f16_math, lazy_rescale, trace, two_blocks, late_trigger, gpu_name,
                                   cluster_merge, page_prefetch, tma, early_kv, pid_ahead, old_loads, swap_ab, group)
@@ -254,6 +258,8 @@ class BatchDecodeWithPagedKVCache:
         self.late_release_below = sms // 2 if self.adaptive_release else 0
         self.target_blocks = sms * blocks_per_sm
         self.short_target_blocks = sms * min(blocks_per_sm, SHORT_BLOCKS_PER_SM)
+        self.batch1_short = batch1_short_plan(self.kv_dtype == _FP8, self.head_dim, self.num_kv_heads,
+                                              self.config.pdl, self._gpu_name, sms)
         self._load_wide(sms, blocks_per_sm)
         rows = max(b * self.num_kv_heads * self.num_splits_for(b) for b in range(1, self.max_batch_size + 1))
         rows *= self.group
@@ -302,7 +308,15 @@ class BatchDecodeWithPagedKVCache:
 
     def short_splits_for(self, batch_size: int) -> int:
         """The split count of requests whose splits would be short (the kernel clamps it to num_splits_for)."""
+        if batch_size == 1 and self.batch1_short is not None:
+            return self.batch1_short[0]
         return split_count(batch_size, self.num_kv_heads, self.short_target_blocks)
+
+    def short_chunk_for(self, batch_size: int) -> int:
+        """The chunk (tokens) under which a request's splits count as short and short_splits_for's count applies."""
+        if batch_size == 1 and self.batch1_short is not None:
+            return self.batch1_short[1]
+        return SHORT_CHUNK_TOKENS
 
     def describe_module(self) -> str:
         """'<module name> (<prebuilt | JIT cache | compiled | rebuilt>, <seconds>)' once loaded, for logs; with the
@@ -346,7 +360,7 @@ class BatchDecodeWithPagedKVCache:
         b = max(batch_size, 1)
         module = self._wide if self.uses_wide(b) else self._module
         self._plan = (kv_indptr, kv_indices, kv_last_page_len, batch_size, self.num_splits_for(b),
-                      self.short_splits_for(b), module)
+                      self.short_splits_for(b), self.short_chunk_for(b), module)
 
     def _check_pools(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
         """K and V pools in this op's layout, dtype and device, with one shape and strides."""
@@ -369,7 +383,7 @@ class BatchDecodeWithPagedKVCache:
         """Attention of each q row over its request's KV; returns ``out`` (and ``lse``, natural log, if asked)."""
         if self._plan is None:
             raise ValueError("run: plan() must be called before run()")
-        kv_indptr, kv_indices, kv_last_page_len, batch, num_splits, short_splits, module = self._plan
+        kv_indptr, kv_indices, kv_last_page_len, batch, num_splits, short_splits, short_chunk, module = self._plan
         hq, d = self.num_qo_heads, self.head_dim
         check_tensor("q", q, dtype=self.q_dtype, ndim=3, device=self.device)
         check_shape("q", q, (batch, hq, d))
@@ -405,7 +419,8 @@ class BatchDecodeWithPagedKVCache:
         module.run(
             q, k_cache, v_cache, kv_indptr, kv_indices, kv_last_page_len, out, lse,
             self._part_o, self._part_lse, self._counters,
-            num_splits, short_splits, MIN_CHUNK_TOKENS, self.page_size.bit_length() - 1, float(pre), float(post), has_cap, float(v_scale),
+            num_splits, short_splits, short_chunk, MIN_CHUNK_TOKENS, self.page_size.bit_length() - 1, float(pre),
+            float(post), has_cap, float(v_scale),
             self.late_release_below,
         )
         return (out, lse) if return_lse else out

@@ -114,6 +114,7 @@ struct DecodeParams {
   int32_t num_indices, num_pool_pages;  // bounds for page ids read from device memory (bad tables stay in bounds)
   int32_t min_chunk;  // tokens; a split shorter than the prologue's lookahead only adds merge work
   int32_t short_splits;  // <= num_splits: the split count for a request whose splits would be short (split_chunk)
+  int32_t short_chunk;  // tokens: a split shorter than this makes the request short (split_chunk)
   float score_pre;   // no cap: sm_scale*k_scale*log2(e); cap: sm_scale*k_scale/cap
   float score_post;  // cap: cap*log2(e)
   int32_t has_cap;
@@ -190,13 +191,13 @@ __device__ __forceinline__ int q_fp8_slot(int r, int d) {
 
 // Tokens per split of a request of `len` tokens (a multiple of 16, at least p.min_chunk). The grid's
 // p.num_splits fill every block slot of the card, which long requests need for bandwidth; a request whose splits
-// would be under kShortChunk tokens uses p.short_splits (two blocks per SM) instead: fewer, longer splits ran the
-// 25-us class of shapes 8-15 % faster on an H100 with three-blocks-per-SM modules (NOTES.md, runs 7 and 8).
-constexpr int kShortChunk = 512;
+// would be under p.short_chunk tokens uses p.short_splits instead: fewer, longer splits ran the 25-us class of shapes
+// 8-15 % faster on an H100 with three-blocks-per-SM modules (NOTES.md, runs 7 and 8), and batch 1's few-K requests
+// faster on an H200 (experiment 56). The host picks both per batch size.
 constexpr float kRescaleSlack = 8.f;  // log2 units (scores carry log2(e)): lazily rescaled P entries stay <= 256
 __device__ __forceinline__ int split_chunk(int len, const DecodeParams& p) {
   int chunk = (len + p.num_splits - 1) / p.num_splits;
-  if (chunk < kShortChunk) chunk = (len + p.short_splits - 1) / p.short_splits;
+  if (chunk < p.short_chunk) chunk = (len + p.short_splits - 1) / p.short_splits;
   return max((chunk + 15) & ~15, p.min_chunk);
 }
 

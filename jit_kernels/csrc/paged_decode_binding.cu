@@ -153,8 +153,8 @@ int64_t blocks_per_sm() {
 // q [B, Hq, D]; k/v [P, page, Hkv, D] (or [slots, Hkv, D] with page 1); o [B, Hq, D]; lse [B, Hq] f32.
 void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView indices, TensorView last_len,
          TensorView o, Optional<TensorView> lse, TensorView part_o, TensorView part_lse, TensorView counters,
-         int64_t num_splits, int64_t short_splits, int64_t min_chunk, int64_t page_shift, double score_pre, double score_post, int64_t has_cap,
-         double v_scale, int64_t late_release_below) {
+         int64_t num_splits, int64_t short_splits, int64_t short_chunk, int64_t min_chunk, int64_t page_shift,
+         double score_pre, double score_post, int64_t has_cap, double v_scale, int64_t late_release_below) {
   const int64_t batch = q.size(0);
   if (batch == 0) return;
   const bool paged4 = k.ndim() == 4;
@@ -184,6 +184,7 @@ void run(TensorView q, TensorView k, TensorView v, TensorView indptr, TensorView
   p.group = static_cast<int32_t>(q.size(1) / num_kv_heads);
   p.num_splits = static_cast<int32_t>(num_splits);
   p.min_chunk = static_cast<int32_t>(min_chunk);
+  p.short_chunk = static_cast<int32_t>(short_chunk);
   p.short_splits = static_cast<int32_t>(std::min(std::max<int64_t>(short_splits, 1), num_splits));
   p.page_shift = static_cast<int32_t>(page_shift);
   p.score_pre = static_cast<float>(score_pre);

@@ -146,6 +146,9 @@ class FakeKernel:
     def short_splits_for(self, batch):
         return 2
 
+    def short_chunk_for(self, batch):
+        return 512
+
     def plan(self, indptr, indices, last):
         self.table = (indptr, indices, last)
 

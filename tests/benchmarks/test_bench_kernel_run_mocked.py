@@ -268,7 +268,7 @@ def test_grid_splits_flag_keeps_short_splits_in_a_wider_grid():
             return 99
 
     fixed = kp._fixed_splits(Planner, 16, 33)()
-    assert fixed.num_splits_for(1) == 33 and fixed.short_splits_for(1) == 16
+    assert fixed.num_splits_for(1) == 33 and fixed.short_splits_for(1) == 16 and fixed.short_chunk_for(1) == 512
     for bad in ("16", "33:16", "0:4", "a:b", "16:65"):
         with pytest.raises(SystemExit):
             kernel_bench.parse_args(["--grid-splits", bad])

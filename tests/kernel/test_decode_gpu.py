@@ -341,6 +341,32 @@ def test_many_split_merge_against_reference(hq, hkv, d, kv_fp8):
     assert (lse.double() - ref_lse).abs().max().item() < 1e-3
 
 
+@pytest.mark.parametrize("pdl", [True, False])
+@pytest.mark.parametrize("page", [1, 16])
+def test_batch1_short_plan_against_reference(pdl, page):
+    """Experiment 56: batch 1's few-K-token requests on fewer, longer splits (16-bit KV at head_dim 128 on an H200;
+    the planner's elsewhere), lengths on both sides of each launch's threshold, output and lse against the float64
+    reference, both poisoned first."""
+    from kvprefetch.jit_kernels import BatchDecodeWithPagedKVCache, paged_decode_reference
+    from kvprefetch.jit_kernels.batch1_plan import batch1_short_plan
+
+    w = BatchDecodeWithPagedKVCache(32, 8, 128, page, torch.bfloat16, torch.bfloat16, "cuda", pdl=pdl).load()
+    props = torch.cuda.get_device_properties(0)
+    assert w.batch1_short == batch1_short_plan(False, 128, 8, pdl, props.name, props.multi_processor_count)
+    gen = torch.Generator("cuda").manual_seed(56 + page + pdl)
+    for n in (3000, 4096, 4950, 5300, 6600, 6700, 8192):
+        inp = make_paged_inputs([n], hq=32, hkv=8, d=128, page_size=page, dtype=torch.bfloat16, kv_fp8=False,
+                                device="cuda", generator=gen)
+        ref, ref_lse = paged_decode_reference(inp.q, inp.k, inp.v, inp.indptr, inp.indices, inp.last_len)
+        w.plan(inp.indptr, inp.indices, inp.last_len)
+        out, lse = w.run(inp.q, inp.k, inp.v, out=torch.full_like(inp.q, float("nan")),
+                         lse=torch.full((1, 32), float("nan"), device="cuda"), return_lse=True)
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all() and torch.isfinite(lse).all(), n
+        assert rel_err(out, ref) < 1e-2, n
+        assert (lse.double() - ref_lse).abs().max().item() < 1e-3, n
+
+
 _ADAPTIVE = dict(early_kv=True, adaptive_release=True)
 _BATCH4 = [5000, 1, 700, 12000]
 
