@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-# Measured on an H200 (run 27a; page 16, 16-bit KV at head_dim 128, 8 kv heads), against the planner in the same
-# module: (blocks per SM the short request's splits are planned for, the chunk in tokens under which a request counts
-# as short), by launch. PDL: 24 splits up to ~6.6K tokens (1 x 4K -14 % in sequence, -1 % cold); launched plainly:
-# 16 splits up to ~4.9K (1 x 4K -2 ... -3 %). fp8 KV and head_dim 64 gained in one regime and lost in the other.
-_BY_PDL = {True: (1.5, 200), False: (1.0, 150)}
+# Measured on an H200 (runs 27a, 27b; 16-bit KV at head_dim 128, 8 kv heads), against the planner in the same module:
+# (blocks per SM the short request's splits are planned for, the chunk in tokens under which a request counts as
+# short), by launch. PDL: 24 splits up to 4.6K tokens (1 x 4K -15 % in sequence, cold level); 1 x 5K lost 6-7 % cold
+# with them (3.5-tile splits), so the threshold stops short of it. Launched plainly: 16 splits up to 4.2K (1 x 3K-4K
+# -1.5 ... -6 %). fp8 KV and head_dim 64 gained in one regime and lost in the other.
+_BY_PDL = {True: (1.5, 140), False: (1.0, 130)}
 
 
 def batch1_short_plan(kv_fp8: bool, head_dim: int, num_kv_heads: int, pdl: bool, gpu_name: str,
