@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-# Measured on an H200 (runs 27a-27c; 16-bit KV at head_dim 128, 8 kv heads), against the planner in the same module:
+# Measured on an H200 (runs 27a-27d; 16-bit KV at head_dim 128, 8 kv heads), against the planner in the same module:
 # (blocks per SM the short request's splits are planned for, the chunk in tokens under which a request counts as
-# short), by launch. PDL: 24 splits up to 4.6K tokens; in sequence -2 ... -31 % from 3.5K, cold -1 ... -7.5 % from 4K
-# but +5 ... +6.5 % at 3.5K (a lower length bound would need another launch argument). Launched plainly: 16 splits up
-# to 4.1K, -1.5 ... -5.5 % at 3K-4K in both regimes; above 4096 tokens the chunk takes a fifth, partial tile and lost
-# 3-6 % at 4224, so the threshold is the smallest that keeps 4096. fp8 KV and head_dim 64 gained in one regime and
+# short), by launch. PDL: 24 splits up to 4,587 tokens; over 3.1K-4.6K a geomean -13 % in sequence and level cold
+# (1 x 4K -15 %), but 3.1K-3.6K loses (3200 +12 ... +16 %, 3584 cold +5 ... +6.5 %: a partial third tile where the
+# old splits were not many more); a lower length bound would need another launch argument. Launched plainly: 16 splits
+# up to 4,125 tokens, -1 ... -9 % at 3K-4K in both regimes; above 4096 the chunk takes a fifth, partial tile (4112 and
+# 4224 lost 3-6 %), so the threshold is the smallest that keeps 4096. fp8 KV and head_dim 64 gained in one regime and
 # lost in the other.
 _BY_PDL = {True: (1.5, 140), False: (1.0, 126)}
 
